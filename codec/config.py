@@ -1,0 +1,356 @@
+"""Dataclass configs, one per model part; the JSON on disk (``config.json``) is their ``asdict``.
+
+The schema is that of the published FocalCodec checkpoints: a top-level object with
+``<part>_name`` and ``<part>_config`` for encoder, compressor, quantizer, decompressor, decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A model configuration is malformed or inconsistent."""
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            v = data[f.name]
+            if isinstance(v, list):
+                v = tuple(v)
+            kwargs[f.name] = v
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # missing required fields
+        raise ConfigError(f"{where}: {e}") from None
+    obj.validate(where)
+    return obj
+
+
+@dataclass(frozen=True)
+class WavLMConfig:
+    """Causal (or full-context) WavLM-style encoder: CNN feature extractor + transformer."""
+
+    hidden_dims: tuple[int, ...] = (512,) * 7
+    kernel_sizes: tuple[int, ...] = (10, 3, 3, 3, 3, 2, 2)
+    strides: tuple[int, ...] = (5, 2, 2, 2, 2, 2, 2)
+    num_layers: int = 6
+    dim: int = 1024
+    ffn_dim: int = 4096
+    num_heads: int = 16
+    num_buckets: int = 320
+    max_distance: int = 800
+    max_cached_steps: int = 2048  # kept for schema compatibility; no bias table is cached here
+    dropout: float = 0.0
+    conv_pos: int = 128
+    conv_pos_groups: int = 16
+    causal: bool = True
+    window_size: int = 512
+    lookahead_size: int = 3
+    use_flex_attention: bool = False  # schema compatibility; ignored
+
+    def validate(self, where: str = "encoder_config") -> None:
+        n = len(self.hidden_dims)
+        if n == 0 or len(self.kernel_sizes) != n or len(self.strides) != n:
+            raise ConfigError(f"{where}: hidden_dims, kernel_sizes and strides must have the same non-zero length")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"{where}: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.dim % self.conv_pos_groups:
+            raise ConfigError(f"{where}: dim {self.dim} is not divisible by conv_pos_groups {self.conv_pos_groups}")
+        if self.causal and self.window_size < self.chunk_frames:
+            raise ConfigError(f"{where}: window_size {self.window_size} < chunk of {self.chunk_frames} frames")
+        if self.num_buckets < 4 or self.max_distance <= self.num_buckets // 4:
+            raise ConfigError(f"{where}: num_buckets/max_distance out of range")
+
+    @property
+    def downsample_factor(self) -> int:
+        return math.prod(self.strides)
+
+    @property
+    def chunk_frames(self) -> int:
+        """Frames per streaming chunk (1 + lookahead)."""
+        return 1 + self.lookahead_size
+
+
+@dataclass(frozen=True)
+class FocalEncoderConfig:
+    """Compressor: focal-modulation blocks (with optional temporal downscaling) and a projection to D."""
+
+    input_dim: int = 1024
+    output_dim: int = 12
+    hidden_dims: tuple[int, ...] = (1024, 1024, 1024)
+    downscale_factors: tuple[int, ...] = (1, 1, 1)
+    focal_window: int = 14
+    focal_level: int = 2
+    focal_factor: int = 4
+    dropout: float = 0.0
+    use_post_norm: bool = False
+    use_layerscale: bool = False
+    layerscale_init: float = 1e-4
+    tanhscale_init: float = 0.5
+    normalize_modulator: bool = False
+    causal: bool = True
+    window_size: int = 512
+
+    def validate(self, where: str = "compressor_config") -> None:
+        if len(self.hidden_dims) != len(self.downscale_factors) or not self.hidden_dims:
+            raise ConfigError(f"{where}: hidden_dims and downscale_factors must have the same non-zero length")
+        if self.focal_level < 1 or self.window_size < 1:
+            raise ConfigError(f"{where}: focal_level and window_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class FocalDecoderConfig:
+    """Decompressor: projection from D, focal-modulation blocks (with optional upscaling), chunk refiner."""
+
+    input_dim: int = 12
+    output_dim: int = 1024
+    hidden_dims: tuple[int, ...] = (1024, 1024, 1024)
+    upscale_factors: tuple[int, ...] = (1, 1, 1)
+    focal_window: int = 14
+    focal_level: int = 2
+    focal_factor: int = 4
+    dropout: float = 0.0
+    use_post_norm: bool = False
+    use_layerscale: bool = False
+    layerscale_init: float = 1e-4
+    tanhscale_init: float = 0.5
+    normalize_modulator: bool = False
+    causal: bool = True
+    window_size: int = 512
+    last_window_size: int = 512
+    lookahead_size: int = 3
+
+    def validate(self, where: str = "decompressor_config") -> None:
+        if len(self.hidden_dims) != len(self.upscale_factors) or not self.hidden_dims:
+            raise ConfigError(f"{where}: hidden_dims and upscale_factors must have the same non-zero length")
+        if self.focal_level < 1 or self.window_size < 1 or self.last_window_size < 1:
+            raise ConfigError(f"{where}: focal_level and window sizes must be >= 1")
+
+    @property
+    def has_refiner(self) -> bool:
+        return self.causal and self.lookahead_size > 0
+
+
+@dataclass(frozen=True)
+class BSQConfig:
+    """Binary spherical quantizer: codebook of 2**D sign patterns."""
+
+    codebook_size: int = 4096
+
+    def validate(self, where: str = "quantizer_config") -> None:
+        d = self.codebook_size.bit_length() - 1
+        if self.codebook_size < 2 or 1 << d != self.codebook_size or d > 32:
+            raise ConfigError(f"{where}: codebook_size must be a power of two in [2, 2**32], got {self.codebook_size}")
+
+    @property
+    def dim(self) -> int:
+        """Bits per token D = log2(codebook_size)."""
+        return self.codebook_size.bit_length() - 1
+
+
+@dataclass(frozen=True)
+class WaveNeXtConfig:
+    """Causal WaveNeXt decoder: ConvNeXt backbone + linear head to ``hop_length`` samples per frame."""
+
+    input_dim: int = 1024
+    num_layers: int = 8
+    dim: int = 1024
+    ffn_dim: int = 2048
+    kernel_size: int = 7
+    layerscale_init: float | None = None
+    hop_length: int = 480
+    causal: bool = True
+
+    def validate(self, where: str = "decoder_config") -> None:
+        if self.kernel_size < 1 or self.hop_length < 1:
+            raise ConfigError(f"{where}: kernel_size and hop_length must be >= 1")
+
+
+@dataclass(frozen=True)
+class VocosConfig:
+    """Full-context Vocos decoder: ConvNeXt backbone + iSTFT head (non-streaming checkpoints)."""
+
+    input_dim: int = 1024
+    num_layers: int = 8
+    dim: int = 512
+    ffn_dim: int = 1536
+    kernel_size: int = 7
+    layerscale_init: float | None = None
+    n_fft: int = 1024
+    hop_length: int = 320
+    causal: bool = False
+
+    def validate(self, where: str = "decoder_config") -> None:
+        if self.n_fft < self.hop_length or self.hop_length < 1:
+            raise ConfigError(f"{where}: need n_fft >= hop_length >= 1")
+        if self.causal:
+            raise ConfigError(f"{where}: the causal Vocos variant is not supported; causal models use WaveNeXt")
+
+
+ENCODERS = {"WavLM": WavLMConfig}
+COMPRESSORS = {"FocalEncoder": FocalEncoderConfig}
+QUANTIZERS = {"BinarySphericalQuantizer": BSQConfig}
+DECOMPRESSORS = {"FocalDecoder": FocalDecoderConfig}
+DECODERS = {"WaveNeXt": WaveNeXtConfig, "Vocos": VocosConfig}
+_PARTS = {
+    "encoder": ENCODERS,
+    "compressor": COMPRESSORS,
+    "quantizer": QUANTIZERS,
+    "decompressor": DECOMPRESSORS,
+    "decoder": DECODERS,
+}
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """The whole codec: one config per part plus the part names (``config.json`` of a checkpoint)."""
+
+    encoder_config: WavLMConfig = field(default_factory=WavLMConfig)
+    compressor_config: FocalEncoderConfig = field(default_factory=FocalEncoderConfig)
+    quantizer_config: BSQConfig = field(default_factory=BSQConfig)
+    decompressor_config: FocalDecoderConfig = field(default_factory=FocalDecoderConfig)
+    decoder_config: WaveNeXtConfig | VocosConfig = field(default_factory=WaveNeXtConfig)
+    encoder_name: str = "WavLM"
+    compressor_name: str = "FocalEncoder"
+    quantizer_name: str = "BinarySphericalQuantizer"
+    decompressor_name: str = "FocalDecoder"
+    decoder_name: str = "WaveNeXt"
+
+    # ------------------------------------------------------------------ (de)serialisation
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], overrides: dict[str, Any] | None = None) -> CodecConfig:
+        """Build from the ``config.json`` schema; ``overrides`` patches dotted paths first
+        (e.g. ``{"encoder_config.window_size": 256}``)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a JSON object, got {type(data).__name__}")
+        data = json.loads(json.dumps(data))  # deep copy
+        for path, value in (overrides or {}).items():
+            node = data
+            *head, last = path.split(".")
+            for k in head:
+                if not isinstance(node.get(k), dict):
+                    raise ConfigError(f"override {path!r}: {k!r} is not a config section")
+                node = node[k]
+            node[last] = value
+        known = {f"{p}_name" for p in _PARTS} | {f"{p}_config" for p in _PARTS}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"config: unknown top-level keys {unknown}")
+        kwargs: dict[str, Any] = {}
+        for part, registry in _PARTS.items():
+            name = data.get(f"{part}_name", cls.__dataclass_fields__[f"{part}_name"].default)
+            if name not in registry:
+                raise ConfigError(f"config: unsupported {part}_name {name!r} (supported: {sorted(registry)})")
+            kwargs[f"{part}_name"] = name
+            kwargs[f"{part}_config"] = _from_dict(registry[name], data.get(f"{part}_config", {}), f"{part}_config")
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for part in _PARTS:
+            out[f"{part}_name"] = getattr(self, f"{part}_name")
+            d = asdict(getattr(self, f"{part}_config"))
+            out[f"{part}_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> CodecConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        return cls.from_dict(data, overrides)
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def replace(self, **kwargs: Any) -> CodecConfig:
+        return dataclasses.replace(self, **kwargs)
+
+    # ------------------------------------------------------------------ checks and derived values
+    def validate(self) -> None:
+        e, c, q, d, v = (self.encoder_config, self.compressor_config, self.quantizer_config,
+                         self.decompressor_config, self.decoder_config)
+        if c.input_dim != e.dim:
+            raise ConfigError(f"compressor input_dim {c.input_dim} != encoder dim {e.dim}")
+        if c.output_dim != q.dim:
+            raise ConfigError(f"compressor output_dim {c.output_dim} != log2(codebook_size) {q.dim}")
+        if d.input_dim != q.dim:
+            raise ConfigError(f"decompressor input_dim {d.input_dim} != log2(codebook_size) {q.dim}")
+        if v.input_dim != d.output_dim:
+            raise ConfigError(f"decoder input_dim {v.input_dim} != decompressor output_dim {d.output_dim}")
+        if self.causal:
+            if not (e.causal and c.causal and d.causal and v.causal):
+                raise ConfigError("a causal codec needs every part causal (encoder, compressor, decompressor, decoder)")
+            if d.has_refiner and d.lookahead_size != e.lookahead_size:
+                raise ConfigError("decompressor lookahead_size must equal the encoder's (refiner chunks = encoder chunks)")
+            r = math.prod(c.downscale_factors)
+            if e.chunk_frames % r:
+                raise ConfigError(f"a streaming chunk of {e.chunk_frames} frames is not divisible by the "
+                                  f"compressor downscaling x{r}")
+            if math.prod(d.upscale_factors) != r:
+                raise ConfigError("decompressor upscaling must undo the compressor downscaling")
+
+    @property
+    def causal(self) -> bool:
+        return self.encoder_config.causal
+
+    @property
+    def bits_per_token(self) -> int:
+        return self.quantizer_config.dim
+
+    @property
+    def sample_rate_input(self) -> int:
+        return 16000
+
+    @property
+    def sample_rate_output(self) -> int:
+        return self.sample_rate_input * self.decoder_config.hop_length // self.encoder_config.downsample_factor
+
+    @property
+    def token_rate(self) -> float:
+        """Tokens per second (frame rate of the quantised stream)."""
+        return self.sample_rate_input / self.encoder_config.downsample_factor / math.prod(
+            self.compressor_config.downscale_factors)
+
+    @property
+    def chunk_size(self) -> int:
+        """Input samples per streaming step (16 kHz)."""
+        return self.encoder_config.downsample_factor * self.encoder_config.chunk_frames
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.encoder_config.chunk_frames // math.prod(self.compressor_config.downscale_factors)
+
+    @property
+    def output_chunk_size(self) -> int:
+        """Output samples per streaming step (24 kHz for WaveNeXt)."""
+        return self.encoder_config.chunk_frames * self.decoder_config.hop_length
+
+    @property
+    def bitrate(self) -> float:
+        """Payload bits per second."""
+        return self.token_rate * self.bits_per_token
+
+    @property
+    def latency_ms(self) -> float | None:
+        return 1000.0 * self.chunk_size / self.sample_rate_input if self.causal else None

@@ -1,0 +1,128 @@
+"""Waveform decoders: causal WaveNeXt (streaming checkpoints, 24 kHz) and full-context Vocos (16 kHz).
+
+Both take features (B, N, input_dim) and run a ConvNeXt backbone. WaveNeXt's head maps each frame
+linearly to ``hop_length`` samples (no overlap-add), so streaming only carries the convolutions'
+left contexts (``kernel - 1`` frames, zeros at stream start).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import VocosConfig, WaveNeXtConfig
+from .stream import with_left_context
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int, kernel: int, layerscale: float, causal: bool) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.causal = causal
+        self.dwconv = nn.Conv1d(dim, dim, kernel, groups=dim, padding=0 if causal else kernel // 2)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, ffn_dim)
+        self.pwconv2 = nn.Linear(ffn_dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layerscale))
+
+    def forward(self, x: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """x (B, C, N) -> (B, C, N)."""
+        y = x
+        if self.causal:
+            y, ctx = with_left_context(y, ctx, self.kernel - 1, pad="zeros")
+        y = self.dwconv(y).transpose(1, 2)
+        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
+        return x + (self.gamma * y).transpose(1, 2), ctx
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: WaveNeXtConfig | VocosConfig) -> None:
+        super().__init__()
+        self.kernel = cfg.kernel_size
+        self.causal = cfg.causal
+        scale = cfg.layerscale_init if cfg.layerscale_init is not None else 1.0 / cfg.num_layers
+        self.embedding = nn.Conv1d(cfg.input_dim, cfg.dim, cfg.kernel_size,
+                                   padding=0 if cfg.causal else cfg.kernel_size // 2)
+        self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.layers = nn.ModuleList(
+            ConvNeXtBlock(cfg.dim, cfg.ffn_dim, cfg.kernel_size, scale, cfg.causal) for _ in range(cfg.num_layers)
+        )
+        self.output_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+
+    def forward(self, x: Tensor, state: list[Tensor | None] | None) -> tuple[Tensor, list[Tensor | None]]:
+        """x (B, N, Cin) -> (B, N, dim)."""
+        x = x.transpose(1, 2)
+        new: list[Tensor | None] = []
+        if self.causal:
+            x, c = with_left_context(x, state[0] if state else None, self.kernel - 1, pad="zeros")
+            new.append(c)
+        x = self.input_norm(self.embedding(x).transpose(1, 2)).transpose(1, 2)
+        for i, layer in enumerate(self.layers):
+            x, c = layer(x, state[i + 1] if state else None)
+            new.append(c)
+        return self.output_norm(x.transpose(1, 2)), new
+
+
+class LinearHead(nn.Module):
+    """Linear(dim -> hop) per frame, frames concatenated: (B, N, dim) -> (B, N * hop)."""
+
+    def __init__(self, dim: int, hop: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, hop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(1)
+
+
+class WaveNeXt(nn.Module):
+    def __init__(self, cfg: WaveNeXtConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+        self.head = LinearHead(cfg.dim, cfg.hop_length)
+
+    def forward(self, x: Tensor, state: list[Tensor | None] | None = None) -> tuple[Tensor, list[Tensor | None]]:
+        """Features (B, N, C) -> waveform (B, N * hop) clamped to [-1, 1]."""
+        x, state = self.backbone(x, state)
+        return self.head(x).clamp(-1.0, 1.0), state
+
+
+class ISTFTHead(nn.Module):
+    """Linear -> log-magnitude and phase -> inverse STFT with "same" padding: (B, N, dim) -> (B, N * hop)."""
+
+    def __init__(self, dim: int, n_fft: int, hop: int) -> None:
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop = hop
+        self.proj = nn.Linear(dim, n_fft + 2)
+        window = torch.hann_window(n_fft)
+        self.register_buffer("window", window, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mag, phase = self.proj(x).transpose(1, 2).chunk(2, dim=1)
+        mag = torch.exp(mag).clamp(max=1e2)
+        spec = torch.polar(mag, phase)  # (B, F, N)
+        frames = torch.fft.irfft(spec, self.n_fft, dim=1, norm="backward") * self.window[None, :, None]
+        n = frames.shape[-1]
+        out_len = (n - 1) * self.hop + self.n_fft
+        y = F.fold(frames, (1, out_len), (1, self.n_fft), stride=(1, self.hop))[:, 0, 0]
+        env = F.fold(self.window.square().expand(1, n, -1).transpose(1, 2), (1, out_len), (1, self.n_fft),
+                     stride=(1, self.hop)).squeeze()
+        pad = (self.n_fft - self.hop) // 2
+        y, env = y[:, pad:out_len - pad], env[pad:out_len - pad]
+        return y / env.clamp(min=1e-11)
+
+
+class Vocos(nn.Module):
+    def __init__(self, cfg: VocosConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = Backbone(cfg)
+        self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop_length)
+
+    def forward(self, x: Tensor, state: list[Tensor | None] | None = None) -> tuple[Tensor, list[Tensor | None]]:
+        if state:
+            raise ValueError("Vocos is a full-context decoder: it cannot stream")
+        x, _ = self.backbone(x, None)
+        return self.head(x), []

@@ -1,0 +1,240 @@
+"""Causal WavLM-style encoder: 16 kHz signal (B, T) -> features (B, N, dim) at 50 Hz.
+
+CNN feature extractor (left-only padding, replicate at stream start) -> LayerNorm -> projection ->
+convolutional positional embedding -> pre-LN transformer layers with WavLM's gated relative
+position bias and sliding-window chunked attention (``window_size`` frames, ``lookahead_size``
+frames of lookahead inside chunks of ``1 + lookahead_size`` frames).
+
+Streaming state (:class:`WavLMState`) holds the CNN and positional-conv left contexts and, per
+layer, the keys/values of the last ``window_size - chunk_frames`` frames; it never grows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import WavLMConfig
+from .stream import with_left_context
+
+
+@dataclass
+class WavLMState:
+    """Per-stream encoder state. ``num_frames`` = frames produced so far (absolute position)."""
+
+    num_frames: int = 0
+    cnn_ctx: list[Tensor | None] = field(default_factory=list)
+    pos_ctx: Tensor | None = None
+    keys: list[Tensor] = field(default_factory=list)  # per layer (B, H, P, Dh)
+    values: list[Tensor] = field(default_factory=list)
+
+
+class ConvLayer(nn.Module):
+    """Conv1d (no bias) -> LayerNorm over channels -> GELU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, bias=False)
+        self.norm = nn.LayerNorm(cout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        return F.gelu(x)
+
+
+class FeatureExtractor(nn.Module):
+    def __init__(self, cfg: WavLMConfig) -> None:
+        super().__init__()
+        chans = [1, *cfg.hidden_dims]
+        self.kernels = list(cfg.kernel_sizes)
+        self.causal = cfg.causal
+        self.layers = nn.ModuleList(
+            ConvLayer(chans[i], chans[i + 1], k, s) for i, (k, s) in enumerate(zip(cfg.kernel_sizes, cfg.strides))
+        )
+
+    def forward(self, sig: Tensor, ctx: list[Tensor | None] | None) -> tuple[Tensor, list[Tensor | None]]:
+        """sig (B, T) samples -> (B, C, N) frames; ``ctx`` = per-layer left contexts (None at start)."""
+        x = sig.unsqueeze(1)
+        new_ctx: list[Tensor | None] = []
+        for i, layer in enumerate(self.layers):
+            if self.causal:
+                x, c = with_left_context(x, ctx[i] if ctx else None, self.kernels[i] - 1)
+                new_ctx.append(c)
+            x = layer(x)
+        return x, new_ctx
+
+
+class PositionalConv(nn.Module):
+    """Grouped convolution over time -> GELU, added to the input by the caller."""
+
+    def __init__(self, dim: int, kernel: int, groups: int, causal: bool) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.causal = causal
+        self.conv = nn.Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2)
+
+    def forward(self, x: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """x (B, C, N) -> (B, C, N)."""
+        if self.causal:
+            x, ctx = with_left_context(x, ctx, self.kernel - 1)
+            return F.gelu(self.conv(x)), ctx
+        y = self.conv(x)
+        if self.kernel % 2 == 0:
+            y = y[..., :-1]
+        return F.gelu(y), None
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(dim, ffn_dim)
+        self.out_proj = nn.Linear(ffn_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_proj(F.gelu(self.in_proj(x)))
+
+
+class GatedRelPosAttention(nn.Module):
+    """Multi-head attention with WavLM's gated relative position bias."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+        self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
+        self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+
+    def forward(
+        self, x: Tensor, bias: Tensor, mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) bool (True = may attend) or None.
+
+        Returns output (B, n, C) and the full keys/values (B, H, P + n, Dh).
+        """
+        b, n, c = x.shape
+        h, dh = self.num_heads, self.head_dim
+        q, k, v = self.qkv_proj(x).view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)
+            v = torch.cat([past_v, v], dim=2)
+        gate_a, gate_b = torch.sigmoid(
+            self.gru_rel_pos_linear(x.view(b, n, h, dh).transpose(1, 2)).view(b, h, n, 2, 4).sum(-1)
+        ).chunk(2, dim=-1)
+        gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0  # (B, H, n, 1)
+        attn_bias = gate * bias
+        if mask is not None:
+            attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        y = y.transpose(1, 2).reshape(b, n, c)
+        return self.out_proj(y), k, v
+
+
+class TransformerLayer(nn.Module):
+    def __init__(self, cfg: WavLMConfig) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(cfg.dim)
+        self.attention = GatedRelPosAttention(cfg.dim, cfg.num_heads)
+        self.feed_forward_norm = nn.LayerNorm(cfg.dim)
+        self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
+
+    def forward(self, x, bias, mask, past_k, past_v):
+        y, k, v = self.attention(self.attention_norm(x), bias, mask, past_k, past_v)
+        x = x + y
+        x = x + self.feed_forward(self.feed_forward_norm(x))
+        return x, k, v
+
+
+def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
+    """WavLM bidirectional buckets of relative positions ``key - query`` (int64), computed in float32."""
+    half = num_buckets // 2
+    buckets = (rel > 0).long() * half
+    rel = rel.abs()
+    max_exact = half // 2
+    is_small = rel < max_exact
+    large = max_exact + (
+        torch.log(rel.float() / max_exact) / math.log(max_distance / max_exact) * (half - max_exact)
+    ).long()
+    large = torch.clamp(large, max=half - 1)
+    return buckets + torch.where(is_small, rel, large)
+
+
+class TransformerEncoder(nn.Module):
+    def __init__(self, cfg: WavLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.positional_embedding = PositionalConv(cfg.dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.causal)
+        self.relative_embedding = nn.Embedding(cfg.num_buckets, cfg.num_heads)
+        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self._bucket_memo: dict[tuple[int, int, int], tuple[Tensor, Tensor | None]] = {}
+
+    def _bias_and_mask(self, start: int, past: int, n: int, device) -> tuple[Tensor, Tensor | None]:
+        """Relative bias (H, n, past + n) and window mask for queries at absolute frames
+        ``start .. start + n - 1`` attending keys at ``start - past .. start + n - 1``."""
+        cfg = self.cfg
+        # the mask depends on the query phase inside its chunk, hence on start mod chunk
+        key = (start % cfg.chunk_frames if cfg.causal else 0, past, n)
+        memo = self._bucket_memo.get(key)
+        if memo is None:
+            q = torch.arange(past, past + n)
+            kpos = torch.arange(past + n)
+            buckets = relative_position_bucket(kpos[None, :] - q[:, None], cfg.num_buckets, cfg.max_distance)
+            mask = None
+            if cfg.causal:
+                c = cfg.chunk_frames
+                qa = q + (start - past)  # absolute query frame
+                end = torch.clamp((qa // c + 1) * c, max=start + n) - (start - past)
+                mask = (kpos[None, :] < end[:, None]) & (kpos[None, :] >= end[:, None] - cfg.window_size)
+            memo = (buckets, mask)
+            if len(self._bucket_memo) > 64:
+                self._bucket_memo.clear()
+            self._bucket_memo[key] = memo
+        buckets, mask = memo
+        bias = self.relative_embedding(buckets.to(device)).permute(2, 0, 1)
+        return bias, None if mask is None else mask.to(device)
+
+    def forward(self, x: Tensor, state: WavLMState) -> tuple[Tensor, WavLMState]:
+        """x (B, n, C) projected CNN features -> (B, n, C); ``state`` supplies positions and caches."""
+        cfg = self.cfg
+        n = x.shape[1]
+        pos, pos_ctx = self.positional_embedding(x.transpose(1, 2), state.pos_ctx)
+        x = x + pos.transpose(1, 2)
+        past = state.keys[0].shape[2] if state.keys else 0
+        bias, mask = self._bias_and_mask(state.num_frames, past, n, x.device)
+        keep = cfg.window_size - cfg.chunk_frames if cfg.causal else 0
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            pk = state.keys[i] if state.keys else None
+            pv = state.values[i] if state.values else None
+            x, k, v = layer(x, bias, mask, pk, pv)
+            if cfg.causal:
+                keys.append(k[:, :, -keep:] if keep else k[:, :, :0])
+                values.append(v[:, :, -keep:] if keep else v[:, :, :0])
+        new = WavLMState(state.num_frames + n, state.cnn_ctx, pos_ctx, keys, values)
+        return x, new
+
+
+class WavLM(nn.Module):
+    """Signal (B, T) at 16 kHz -> features (B, ceil(T / 320), dim)."""
+
+    def __init__(self, cfg: WavLMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.feature_extractor = FeatureExtractor(cfg)
+        self.norm = nn.LayerNorm(cfg.hidden_dims[-1])
+        self.feature_proj = nn.Linear(cfg.hidden_dims[-1], cfg.dim)
+        self.encoder = TransformerEncoder(cfg)
+
+    def forward(self, sig: Tensor, state: WavLMState | None = None) -> tuple[Tensor, WavLMState]:
+        state = state or WavLMState()
+        x, cnn_ctx = self.feature_extractor(sig, state.cnn_ctx)
+        x = self.feature_proj(self.norm(x.transpose(1, 2)))
+        x, new = self.encoder(x, state)
+        new.cnn_ctx = cnn_ctx
+        return x, new
