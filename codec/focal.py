@@ -66,7 +66,7 @@ class FocalModulation(nn.Module):
         if causal:
             self.kernels.append(window_size)
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(dim, dim, k, groups=dim, padding=0 if causal else k // 2), nn.GELU())
+            nn.Sequential(nn.Conv1d(dim, dim, k, groups=dim), nn.GELU())
             for k in self.kernels
         )
         self.context_proj = nn.Conv1d(dim, dim, 1)
@@ -78,7 +78,6 @@ class FocalModulation(nn.Module):
         q, z, gates = self.in_proj(x).split([c, c, lvl + 1], dim=-1)
         z = z.transpose(1, 2)
         gates = gates.transpose(1, 2)
-        n = z.shape[-1]
         new_state: FocalBlockState = []
         ctx_all = 0
         for k in range(lvl):
@@ -86,8 +85,9 @@ class FocalModulation(nn.Module):
                 z, s = with_left_context(z, state[k] if state else None, self.kernels[k] - 1)
                 new_state.append(s)
                 z = self.layers[k](z)
-            else:
-                z = self.layers[k](z)[..., :n]  # even kernels give one extra frame with "same" padding
+            else:  # "same" padding; an even kernel pads one frame more on the right
+                k_ = self.kernels[k]
+                z = self.layers[k](F.pad(z, ((k_ - 1) // 2, k_ // 2)))
             ctx_all = ctx_all + z * gates[:, k : k + 1]
         if self.causal:
             zg, s = with_left_context(z, state[lvl] if state else None, self.kernels[lvl] - 1)

@@ -15,6 +15,7 @@ the returned state (``state.clone()`` first to branch a stream).
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class FocalCodec(nn.Module):
         else:
             self.decoder = WaveNeXt(config.decoder_config)
         self.model_id: str | None = None  # set by from_pretrained
+        self._fingerprint: str | None = None
         self.eval()
 
     # ------------------------------------------------------------------ properties
@@ -115,6 +117,24 @@ class FocalCodec(nn.Module):
     @property
     def codebook(self) -> Tensor:
         return self.quantizer.codebook
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the weights: every state-dict key and its float32 bytes, in key order.
+
+        Identifies the model in compressed files and call handshakes; cached until the weights change
+        through :meth:`load_state_dict`.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for k, v in sorted(self.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def load_state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]
+        self._fingerprint = None
+        return super().load_state_dict(*args, **kwargs)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.state_dict().values())
