@@ -321,6 +321,8 @@ def worker_timing(args) -> dict[str, Any]:
             "encode_ms": _stats(enc_ms),
             "decode_ms": _stats(dec_ms),
             "encdec_ms": _stats([x + y for x, y in zip(enc_ms, dec_ms)]),
+            "raw_encode_ms": [round(x, 3) for x in enc_ms],
+            "raw_decode_ms": [round(x, 3) for x in dec_ms],
             "rss_before_stream_mb": rss_before,
             "stream_peak_rss_mb": stream_peak,
             "peak_rss_mb": _lifetime_peak_rss_mb(),

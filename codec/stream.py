@@ -1,8 +1,13 @@
-"""Helpers for causal convolutions with explicit left context.
+"""Left contexts of causal layers, kept in preallocated sliding buffers.
 
-Every causal module keeps, per convolution, the last ``kernel - 1`` input frames of the stream
-(channels-first, shape ``(B, C, kernel - 1)``). A context of ``None`` means "start of stream": it is
-filled by replicating the first frame (``"replicate"``) or with zeros (``"zeros"``).
+Every causal convolution needs the last ``kernel - 1`` input frames of its stream, and every
+attention layer the keys/values of the last ``window - chunk`` frames. :class:`History` holds those
+frames in a buffer with spare room after them: appending ``n`` new frames writes only those frames,
+and ``[history; new]`` is returned as one contiguous view, so no step copies the whole context
+(the history is moved back to the front once every ``spare / n`` steps).
+
+A history belongs to one stream and is updated in place: a step hands its state over to the next
+step (``copy.deepcopy`` a state to branch a stream).
 """
 
 from __future__ import annotations
@@ -10,19 +15,79 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# Spare frames after the history: the history is compacted once per SPARE / n appends of n frames.
+SPARE = 64
 
-def with_left_context(x: Tensor, ctx: Tensor | None, size: int, pad: str = "replicate") -> tuple[Tensor, Tensor | None]:
+
+class History:
+    """The last ``size`` frames of a stream along ``dim``.
+
+    ``pad`` says how missing frames at stream start are filled: ``"replicate"`` (the first frame),
+    ``"zeros"``, or ``None`` (not filled: the history grows up to ``size`` frames, for KV caches).
+    """
+
+    def __init__(self, size: int, dim: int, pad: str | None = "replicate") -> None:
+        self.size = size
+        self.dim = dim
+        self.pad = pad
+        self.buf: Tensor | None = None
+        self.start = 0  # buffer index of the first kept frame
+        self.length = 0  # kept frames (== size once full, or from the start when padded)
+
+    def _init(self, x: Tensor) -> None:
+        n = x.shape[self.dim]
+        shape = list(x.shape)
+        shape[self.dim] = self.size + max(n, SPARE)
+        self.buf = x.new_empty(shape)
+        if self.pad is not None and self.size:
+            head = self.buf.narrow(self.dim, 0, self.size)
+            if self.pad == "replicate":
+                head.copy_(x.narrow(self.dim, 0, 1).expand_as(head))
+            else:
+                head.zero_()
+            self.length = self.size
+
+    def extend(self, x: Tensor) -> Tensor:
+        """Append ``x`` (n frames along ``dim``); returns the view ``[history; x]`` (length + n frames)."""
+        if self.buf is None:
+            self._init(x)
+        elif self.buf.shape[:self.dim] != x.shape[:self.dim] or self.buf.dtype != x.dtype:
+            raise ValueError(f"stream shape/dtype changed mid-stream: history {tuple(self.buf.shape)} "
+                             f"{self.buf.dtype}, new frames {tuple(x.shape)} {x.dtype}; start a new stream state")
+        n = x.shape[self.dim]
+        cap = self.buf.shape[self.dim]
+        if self.start + self.length + n > cap:
+            keep = self.buf.narrow(self.dim, self.start, self.length)
+            if self.length + n > cap:  # a bigger step than ever before: grow
+                shape = list(self.buf.shape)
+                shape[self.dim] = self.size + max(n, SPARE)
+                new = self.buf.new_empty(shape)
+                new.narrow(self.dim, 0, self.length).copy_(keep)
+                self.buf = new
+            else:
+                self.buf.narrow(self.dim, 0, self.length).copy_(keep.clone())
+            self.start = 0
+        self.buf.narrow(self.dim, self.start + self.length, n).copy_(x)
+        view = self.buf.narrow(self.dim, self.start, self.length + n)
+        total = self.length + n
+        kept = min(total, self.size)
+        self.start += total - kept
+        self.length = kept
+        return view
+
+    def frames(self) -> Tensor | None:
+        """The kept frames (a view), or None before the first append."""
+        return None if self.buf is None else self.buf.narrow(self.dim, self.start, self.length)
+
+
+def with_left_context(x: Tensor, ctx: History | None, size: int, pad: str = "replicate") -> tuple[Tensor, History | None]:
     """Prepend ``size`` frames of left context to ``x`` (B, C, T).
 
-    Returns the extended input (B, C, size + T) and the context for the next call
-    (the last ``size`` frames of it), or ``None`` when ``size == 0``.
+    ``ctx`` is the stream's history (None at stream start: a new one is made, padded with ``pad``).
+    Returns the extended input (B, C, size + T) and the history to pass to the next call.
     """
     if size == 0:
         return x, None
     if ctx is None:
-        if pad == "replicate":
-            ctx = x[..., :1].expand(-1, -1, size)
-        else:
-            ctx = x.new_zeros(x.shape[0], x.shape[1], size)
-    xx = torch.cat([ctx, x], dim=-1)
-    return xx, xx[..., -size:]
+        ctx = History(size, dim=-1 if x.dim() == 3 else x.dim() - 1, pad=pad)
+    return ctx.extend(x), ctx

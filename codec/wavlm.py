@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
-from .stream import with_left_context
+from .stream import History, with_left_context
 
 
 @dataclass
@@ -27,10 +27,9 @@ class WavLMState:
     """Per-stream encoder state. ``num_frames`` = frames produced so far (absolute position)."""
 
     num_frames: int = 0
-    cnn_ctx: list[Tensor | None] = field(default_factory=list)
-    pos_ctx: Tensor | None = None
-    keys: list[Tensor] = field(default_factory=list)  # per layer (B, H, P, Dh)
-    values: list[Tensor] = field(default_factory=list)
+    cnn_ctx: list[History | None] = field(default_factory=list)
+    pos_ctx: History | None = None
+    kv: list[tuple[History, History]] = field(default_factory=list)  # per layer: keys, values (B, H, P, Dh)
 
 
 class ConvLayer(nn.Module):
@@ -57,10 +56,10 @@ class FeatureExtractor(nn.Module):
             ConvLayer(chans[i], chans[i + 1], k, s) for i, (k, s) in enumerate(zip(cfg.kernel_sizes, cfg.strides))
         )
 
-    def forward(self, sig: Tensor, ctx: list[Tensor | None] | None) -> tuple[Tensor, list[Tensor | None]]:
+    def forward(self, sig: Tensor, ctx: list[History | None] | None) -> tuple[Tensor, list[History | None]]:
         """sig (B, T) samples -> (B, C, N) frames; ``ctx`` = per-layer left contexts (None at start)."""
         x = sig.unsqueeze(1)
-        new_ctx: list[Tensor | None] = []
+        new_ctx: list[History | None] = []
         for i, layer in enumerate(self.layers):
             if self.causal:
                 x, c = with_left_context(x, ctx[i] if ctx else None, self.kernels[i] - 1)
@@ -78,7 +77,7 @@ class PositionalConv(nn.Module):
         self.causal = causal
         self.conv = nn.Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2)
 
-    def forward(self, x: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, ctx: History | None) -> tuple[Tensor, History | None]:
         """x (B, C, N) -> (B, C, N)."""
         if self.causal:
             x, ctx = with_left_context(x, ctx, self.kernel - 1)
@@ -111,19 +110,17 @@ class GatedRelPosAttention(nn.Module):
         self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
         self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
 
-    def forward(
-        self, x: Tensor, bias: Tensor, mask: Tensor | None, past_k: Tensor | None, past_v: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) bool (True = may attend) or None.
+    def forward(self, x: Tensor, bias: Tensor, mask: Tensor | None, kv: tuple[History, History] | None) -> Tensor:
+        """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) bool (True = may attend) or None;
+        ``kv`` = key/value histories holding the P past frames (appended to in place), None for full context.
 
-        Returns output (B, n, C) and the full keys/values (B, H, P + n, Dh).
+        Returns the output (B, n, C).
         """
         b, n, c = x.shape
         h, dh = self.num_heads, self.head_dim
         q, k, v = self.qkv_proj(x).view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
-        if past_k is not None:
-            k = torch.cat([past_k, k], dim=2)
-            v = torch.cat([past_v, v], dim=2)
+        if kv is not None:
+            k, v = kv[0].extend(k), kv[1].extend(v)
         gate_a, gate_b = torch.sigmoid(
             self.gru_rel_pos_linear(x.view(b, n, h, dh).transpose(1, 2)).view(b, h, n, 2, 4).sum(-1)
         ).chunk(2, dim=-1)
@@ -133,7 +130,7 @@ class GatedRelPosAttention(nn.Module):
             attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         y = y.transpose(1, 2).reshape(b, n, c)
-        return self.out_proj(y), k, v
+        return self.out_proj(y)
 
 
 class TransformerLayer(nn.Module):
@@ -144,11 +141,9 @@ class TransformerLayer(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(cfg.dim)
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
 
-    def forward(self, x, bias, mask, past_k, past_v):
-        y, k, v = self.attention(self.attention_norm(x), bias, mask, past_k, past_v)
-        x = x + y
-        x = x + self.feed_forward(self.feed_forward_norm(x))
-        return x, k, v
+    def forward(self, x: Tensor, bias: Tensor, mask: Tensor | None, kv: tuple[History, History] | None) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), bias, mask, kv)
+        return x + self.feed_forward(self.feed_forward_norm(x))
 
 
 def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
@@ -205,19 +200,15 @@ class TransformerEncoder(nn.Module):
         n = x.shape[1]
         pos, pos_ctx = self.positional_embedding(x.transpose(1, 2), state.pos_ctx)
         x = x + pos.transpose(1, 2)
-        past = state.keys[0].shape[2] if state.keys else 0
+        kv = state.kv
+        if cfg.causal and not kv:
+            keep = cfg.window_size - cfg.chunk_frames  # past frames any query of a chunk may see
+            kv = [(History(keep, 2, pad=None), History(keep, 2, pad=None)) for _ in self.layers]
+        past = kv[0][0].length if kv else 0
         bias, mask = self._bias_and_mask(state.num_frames, past, n, x.device)
-        keep = cfg.window_size - cfg.chunk_frames if cfg.causal else 0
-        keys, values = [], []
         for i, layer in enumerate(self.layers):
-            pk = state.keys[i] if state.keys else None
-            pv = state.values[i] if state.values else None
-            x, k, v = layer(x, bias, mask, pk, pv)
-            if cfg.causal:
-                keys.append(k[:, :, -keep:] if keep else k[:, :, :0])
-                values.append(v[:, :, -keep:] if keep else v[:, :, :0])
-        new = WavLMState(state.num_frames + n, state.cnn_ctx, pos_ctx, keys, values)
-        return x, new
+            x = layer(x, bias, mask, kv[i] if kv else None)
+        return x, WavLMState(state.num_frames + n, state.cnn_ctx, pos_ctx, kv)
 
 
 class WavLM(nn.Module):

@@ -89,16 +89,30 @@ def test_streaming_equals_oneshot(name):
 
 @torch.inference_mode()
 def test_state_is_bounded_by_window():
+    from codec.stream import SPARE, History
+
     m = make(tiny_config(12, window=8))
     x = signal(40 * m.chunk_size)
     _, _, est, dst = stream(m, x)
     w = m.config.encoder_config.window_size
-    for k, v in zip(est.encoder.keys, est.encoder.values):
-        assert k.shape[2] == w - 4 and v.shape[2] == w - 4
-    sizes = [t.shape[-1] for block in est.compressor for t in block] + \
-            [t.shape[-1] for block in dst.decompressor for t in block]
-    assert max(sizes) == max(w, 18) - 1  # global conv (window) or the widest focal level (18)
+    for k, v in est.encoder.kv:
+        assert k.length == v.length == w - 4
+        assert k.buf.shape[2] <= w - 4 + SPARE
+    hists = [h for block in est.compressor + dst.decompressor for h in block if h is not None]
+    assert all(isinstance(h, History) for h in hists)
+    assert max(h.length for h in hists) == max(w, 18) - 1  # global conv (window) or the widest focal level
+    assert max(h.buf.shape[-1] for h in hists) <= max(w, 18) - 1 + SPARE
     assert est.num_samples == x.shape[1] and dst.num_tokens == 40 * m.tokens_per_chunk
+
+
+def test_oneshot_is_differentiable():
+    m = make(tiny_config(12))
+    x = signal(2 * m.chunk_size).requires_grad_(True)
+    lats = m.feats_to_lats(m.sig_to_feats(x))
+    y = m.codes_to_qfeats(lats)
+    (m.feats_to_sig(y).square().mean() + lats.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in m.parameters())
 
 
 @torch.inference_mode()
