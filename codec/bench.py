@@ -12,14 +12,15 @@ What is measured, per (mode, threads) configuration, each in a FRESH subprocess
 thread pools belong to that configuration alone:
 
 * steady state: the model is first fed enough audio to fill every window (the 512-frame attention
-  window / KV caches and the 511-frame global-conv contexts), quickly, in one multi-chunk
-  ``encode_step`` / ``decode_step`` call; then a few untimed single-chunk steps; then ``--chunks``
+  window / KV caches and the 511-frame global-conv contexts: 128 chunks), quickly, in multi-chunk
+  ``encode_step`` / ``decode_step`` calls (``--warmup-block`` chunks each); then a few untimed single-chunk steps; then ``--chunks``
   timed single-chunk steps: 1280 samples -> ``encode_step`` -> 4 tokens -> ``decode_step`` -> 1920
   samples, under ``torch.inference_mode()``;
 * p50 / p90 / max ms per chunk for encode, decode and encode+decode; real-time factor
   (enc+dec p50 / 80 ms);
-* peak RSS of the worker process over its whole life (model build included: what an app that
-  builds/loads the model in that mode pays) and the peak during the timed streaming steps alone;
+* peak RSS of the worker process over its whole life (model build and warm-up included: what an
+  app that builds/loads the model in that mode pays; random-weight bf16 models are built directly in
+  bf16, int8 ones from fp32) and the peak during the timed streaming steps alone;
 * bytes of the weights (parameters, buffers and packed quantised weights).
 
 Quality of each non-fp32 mode (one more subprocess, ``--worker quality``): a real speech clip
@@ -31,9 +32,13 @@ and the mode's waveform is compared with fp32's (SNR dB, max abs difference).
 Modes: ``fp32`` (exact path), ``bf16`` (weights and activations in bfloat16; tokens come from signs),
 ``int8`` (dynamic int8 quantisation of every ``nn.Linear``, per-output-channel scales, activations
 quantised on the fly; convolutions stay fp32), ``int8-tensor`` (same, one scale per tensor),
-``compile`` (fp32 with the heavy submodules wrapped in ``torch.compile``; slow to start).
+``compile`` (fp32 with the stateless feed-forward blocks wrapped in ``torch.compile``; ~10 s to
+compile, no gain measured here: the step is bound by reading the weights).
 
-``--profile`` adds, per configuration, a per-module breakdown of one chunk (forward hooks, inclusive
+Random weights give the same timing as a trained checkpoint, but NOT representative token agreement:
+measure quality with ``--model`` on a real checkpoint.
+
+``--profile`` adds, per configuration, a per-module breakdown of a chunk (forward hooks, inclusive
 and exclusive ms, weight MB and effective GB/s) and the top operators of ``torch.profiler``.
 """
 
@@ -126,23 +131,22 @@ def apply_mode(m, mode: str):
 
 
 def _compile(m):
-    """Wrap the fixed-shape hot submodules in torch.compile (whole-step compile would recompile on every
-    changing integer in the state dataclasses)."""
+    """fp32 with torch.compile on the stateless sub-blocks only (feed-forwards, refiner, ConvNeXt MLPs).
+
+    Blocks that carry streaming state (attention, focal modulation, causal convs) are left eager: their
+    state objects change integers (positions, buffer offsets) every step, which makes dynamo recompile.
+    Measured on the 2-core CPU box: no gain over fp32 (the step is bound by GEMMs reading the weights),
+    also not with ``torch._inductor.config.freezing`` (weight pre-packing; costs ~800 MB more RSS).
+    """
     import torch
 
-    def wrap(mod):
-        mod.forward = torch.compile(mod.forward, dynamic=False)
+    from .focal import ChunkFeedForward
+    from .focal import FeedForward as FocalFF
+    from .wavlm import FeedForward as WavLMFF
 
-    for layer in m.encoder.encoder.layers:
-        wrap(layer)
-    for layer in m.compressor.layers:
-        wrap(layer)
-    for layer in m.decompressor.layers:
-        wrap(layer)
-    if m.decompressor.refiner is not None:
-        wrap(m.decompressor.refiner)
-    wrap(m.decoder)
-    wrap(m.encoder.feature_extractor)
+    for mod in m.modules():
+        if isinstance(mod, (FocalFF, WavLMFF, ChunkFeedForward)):
+            mod.forward = torch.compile(mod.forward, dynamic=False)
     return m
 
 
@@ -218,6 +222,15 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _lifetime_peak_rss_mb() -> float:
     import resource
 
@@ -278,16 +291,23 @@ def worker_timing(args) -> dict[str, Any]:
     dec_ms: list[float] = []
     tw = time.perf_counter()
     with torch.inference_mode():
-        # fast fill: all warm-up chunks in one call each
-        toks, es = encode(m, sig[:, : nwarm * cs], None, dtype)
-        _, ds = decode(m, toks, None, dtype)
-        pos = nwarm * cs
+        # fast fill: one chunk first, then blocks of --warmup-block chunks per call (a block of at most
+        # 64 frames keeps codec.stream.History's buffers at the size a chunk-by-chunk stream gets;
+        # one 512-frame call would leave them ~140 MB larger for the rest of the stream)
+        es = ds = None
+        pos = 0
+        while pos < nwarm * cs:
+            k = 1 if pos == 0 else min(args.warmup_block, nwarm - pos // cs)
+            toks, es = encode(m, sig[:, pos : pos + k * cs], es, dtype)
+            _, ds = decode(m, toks, ds, dtype)
+            pos += k * cs
         for _ in range(args.extra_warmup):  # untimed single-chunk steps (allocator / kernel caches)
             toks, es = encode(m, sig[:, pos : pos + cs], es, dtype)
             _, ds = decode(m, toks, ds, dtype)
             pos += cs
         warm_s = time.perf_counter() - tw
         gc.collect()
+        _malloc_trim()  # give the warm-up's freed heap back, so the stream peak is what streaming needs
         reset_ok = _reset_peak_rss()
         rss_before = (_proc_status_kb("VmRSS") or 0) / 1024.0
         for _ in tqdm(range(args.chunks), desc=f"{mode} x{args.threads} threads", unit="chunk",
@@ -313,7 +333,7 @@ def worker_timing(args) -> dict[str, Any]:
             "samples_in": cs,
             "tokens_out": tpc,
             "samples_out": m.output_chunk_size,
-            "kv_frames": int(es.encoder.keys[0].shape[2]) if es.encoder and es.encoder.keys else None,
+            "kv_frames": _kv_frames(es),
             "num_params": sum(p.numel() for p in m.parameters()),
             "weight_bytes": weight_bytes(m),
             "build_s": build_s,
@@ -332,6 +352,20 @@ def worker_timing(args) -> dict[str, Any]:
         if args.profile:
             res["profile"] = _profile(m, sig[:, pos:], es, ds, dtype, nprof)
     return res
+
+
+def _kv_frames(es) -> int | None:
+    """Frames held in the first attention layer's key cache (informative; None if the layout is unknown)."""
+    enc = getattr(es, "encoder", None)
+    try:
+        if getattr(enc, "kv", None):  # History buffers (codec.stream.History)
+            k = enc.kv[0][0]
+            return int(k.length) if hasattr(k, "length") else int(k.shape[2])
+        if getattr(enc, "keys", None):  # plain tensors
+            return int(enc.keys[0].shape[2])
+    except Exception:
+        pass
+    return None
 
 
 # ====================================================================== profiling (worker side)
@@ -566,7 +600,7 @@ def worker_quality(args) -> dict[str, Any]:
 def _worker_cmd(args, task: str, mode: str, threads: int) -> list[str]:
     cmd = [sys.executable, "-m", "codec.bench", "--worker", task, "--mode", mode, "--threads-one", str(threads),
            "--chunks", str(args.chunks), "--config", args.config, "--seed", str(args.seed),
-           "--extra-warmup", str(args.extra_warmup), "--clip-seconds", str(args.clip_seconds)]
+           "--extra-warmup", str(args.extra_warmup), "--warmup-block", str(args.warmup_block), "--clip-seconds", str(args.clip_seconds)]
     if args.model:
         cmd += ["--model", args.model]
     if args.warmup_chunks is not None:
@@ -631,7 +665,8 @@ def format_report(res: dict[str, Any]) -> str:
                  f"{ref['encdec_ms'] / 80:.2f} | {ref['peak_rss_mb']:.0f} | | |")
     lines.append("")
     lines.append("RTF = enc+dec p50 / 80 ms (< 1 keeps up with real time). Peak RSS = whole worker process "
-                 "(model build included); in parentheses the peak during the timed steps only.")
+                 "(model build and warm-up included); in parentheses the peak during the timed steps only "
+                 "(after the warm-up's freed heap is returned with malloc_trim).")
     if q:
         lines.append("")
         if "error" in q:
@@ -756,6 +791,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     p.add_argument("--warmup-chunks", type=int, default=None,
                    help="chunks fed (in one call) before timing; default: enough to fill every window (128)")
+    p.add_argument("--warmup-block", type=int, default=16,
+                   help="warm-up chunks per call (default 16 = 64 frames; larger is faster but grows the state buffers)")
     p.add_argument("--extra-warmup", type=int, default=3, help="untimed single-chunk steps before timing (default 3)")
     p.add_argument("--clip", default=None, help="speech clip for the quality check (default: assets/speech_sample.wav, "
                                                 "else LibriSpeech test-other)")
