@@ -19,8 +19,8 @@ thread pools belong to that configuration alone:
 * p50 / p90 / max ms per chunk for encode, decode and encode+decode; real-time factor
   (enc+dec p50 / 80 ms);
 * peak RSS of the worker process over its whole life (model build and warm-up included: what an
-  app that builds/loads the model in that mode pays; random-weight bf16 models are built directly in
-  bf16, int8 ones from fp32) and the peak during the timed streaming steps alone;
+  app that builds/loads the model in that mode pays: every mode is built layer by layer by
+  ``codec.fastpath.build``, never as a whole fp32 model) and the peak during the timed steps alone;
 * bytes of the weights (parameters, buffers and packed quantised weights).
 
 Quality of each non-fp32 mode (one more subprocess, ``--worker quality``): a real speech clip
@@ -30,9 +30,8 @@ token agreement (% identical tokens) and bit agreement; the fp32 tokens are then
 and the mode's waveform is compared with fp32's (SNR dB, max abs difference).
 
 Modes: ``fp32`` (exact path), ``bf16`` (weights and activations in bfloat16; tokens come from signs),
-``int8`` (dynamic int8 quantisation of every ``nn.Linear``, per-output-channel scales, activations
-quantised on the fly; convolutions stay fp32), ``int8-tensor`` (same, one scale per tensor),
-``compile`` (fp32 with the stateless feed-forward blocks wrapped in ``torch.compile``; ~10 s to
+``int8`` (every weight matrix in int8 with per-output-channel scales, activations quantised on the
+fly; see ``codec.fastpath``), ``compile`` (fp32 with the stateless feed-forward blocks wrapped in ``torch.compile``; ~10 s to
 compile, no gain measured here: the step is bound by reading the weights).
 
 Random weights give the same timing as a trained checkpoint, but NOT representative token agreement:
@@ -57,7 +56,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULT_PREFIX = "BENCH_RESULT "
-MODES = ("fp32", "bf16", "int8", "int8-tensor", "compile")
+MODES = ("fp32", "bf16", "int8", "compile")
 REFERENCE = {
     "label": "reference implementation (measured by the team earlier; quoted, not measured here)",
     "encdec_ms": 175.0,
@@ -89,45 +88,20 @@ def _log(msg: str) -> None:
 
 # ====================================================================== model building (worker side)
 def build_model(model: str | None, config: str, seed: int, mode: str = "fp32"):
-    """The fp32 model (random weights from ``seed`` or a checkpoint), converted to ``mode``."""
-    import torch
+    """The model in ``mode``, built layer by layer (random weights from ``seed``, or a checkpoint)."""
+    from .fastpath import build
 
-    from .model import FocalCodec
-
+    base = "fp32" if mode == "compile" else mode
     if model:
-        m = FocalCodec.from_pretrained(model).float()  # imports codec.pretrained lazily
+        from .pretrained import load_pretrained
+
+        m = load_pretrained(model, mode=base)
     else:
         from .config import CodecConfig
 
         cfg = CodecConfig() if config == "full" else CodecConfig.from_dict(SMALL_CONFIG)
-        torch.manual_seed(seed)
-        m = FocalCodec(cfg)
-    m.eval()
-    return apply_mode(m, mode)
-
-
-def apply_mode(m, mode: str):
-    import torch
-
-    if mode == "fp32":
-        return m
-    if mode == "bf16":
-        return m.to(torch.bfloat16)
-    if mode in ("int8", "int8-tensor"):
-        import warnings
-
-        with warnings.catch_warnings():
-            # torch.ao.quantization is deprecated (torchao is the successor) but still works in torch 2.13
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=UserWarning, message=".*quantize_per_.*")
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            from torch.ao import quantization as tq
-
-            qconfig = tq.per_channel_dynamic_qconfig if mode == "int8" else tq.default_dynamic_qconfig
-            return tq.quantize_dynamic(m, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=False)
-    if mode == "compile":
-        return _compile(m)
-    raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+        m = build(cfg, base, seed=seed)
+    return _compile(m) if mode == "compile" else m
 
 
 def _compile(m):
@@ -271,13 +245,7 @@ def worker_timing(args) -> dict[str, Any]:
     _set_threads(args.threads)
     t0 = time.perf_counter()
     mode = args.mode
-    if args.model is None and mode == "bf16":
-        # build directly in bf16 so that the lifetime peak is not that of an fp32 model (same timing)
-        torch.set_default_dtype(torch.bfloat16)
-        m = build_model(None, args.config, args.seed, "fp32")
-        torch.set_default_dtype(torch.float32)
-    else:
-        m = build_model(args.model, args.config, args.seed, mode)
+    m = build_model(args.model, args.config, args.seed, mode)
     build_s = time.perf_counter() - t0
     dtype = act_dtype(mode)
     cfg = m.config

@@ -20,7 +20,7 @@ class BinarySphericalQuantizer(nn.Module):
         self.dim = cfg.dim
         self.codebook_size = cfg.codebook_size
         self.codebook_value = 1.0 / math.sqrt(self.dim)
-        self.register_buffer("mask", 2 ** torch.arange(self.dim - 1, -1, -1, dtype=torch.int64), persistent=False)
+        self.register_buffer("mask", 2 ** torch.arange(self.dim - 1, -1, -1, dtype=torch.int64, device="cpu"), persistent=False)
 
     def lats_to_codes(self, lats: Tensor) -> Tensor:
         v = torch.tensor(self.codebook_value, dtype=lats.dtype, device=lats.device)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VocosConfig, WaveNeXtConfig
+from .layers import Conv1d
 from .stream import with_left_context
 
 
@@ -20,11 +21,16 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.causal = causal
-        self.dwconv = nn.Conv1d(dim, dim, kernel, groups=dim, padding=0 if causal else kernel // 2)
+        self.dwconv = Conv1d(dim, dim, kernel, groups=dim, padding=0 if causal else kernel // 2)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, ffn_dim)
         self.pwconv2 = nn.Linear(ffn_dim, dim)
+        self.layerscale = layerscale
         self.gamma = nn.Parameter(torch.full((dim,), layerscale))
+
+    def reset_parameters(self) -> None:
+        """Initialise this module's own parameter (the layer scale)."""
+        nn.init.constant_(self.gamma, self.layerscale)
 
     def forward(self, x: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """x (B, C, N) -> (B, C, N)."""
@@ -42,7 +48,7 @@ class Backbone(nn.Module):
         self.kernel = cfg.kernel_size
         self.causal = cfg.causal
         scale = cfg.layerscale_init if cfg.layerscale_init is not None else 1.0 / cfg.num_layers
-        self.embedding = nn.Conv1d(cfg.input_dim, cfg.dim, cfg.kernel_size,
+        self.embedding = Conv1d(cfg.input_dim, cfg.dim, cfg.kernel_size,
                                    padding=0 if cfg.causal else cfg.kernel_size // 2)
         self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.layers = nn.ModuleList(
@@ -96,7 +102,7 @@ class ISTFTHead(nn.Module):
         self.n_fft = n_fft
         self.hop = hop
         self.proj = nn.Linear(dim, n_fft + 2)
-        window = torch.hann_window(n_fft)
+        window = torch.hann_window(n_fft, device="cpu")
         self.register_buffer("window", window, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocalDecoderConfig, FocalEncoderConfig
+from .layers import Conv1d, ConvTranspose1d
 from .stream import with_left_context
 
 # Per-block state: one left context per focal level plus one for the global conv.
@@ -24,7 +25,11 @@ class DynamicTanh(nn.Module):
 
     def __init__(self, alpha: float) -> None:
         super().__init__()
-        self.alpha = nn.Parameter(torch.full((1,), float(alpha)))
+        self.init = float(alpha)
+        self.alpha = nn.Parameter(torch.full((1,), self.init))
+
+    def reset_parameters(self) -> None:
+        nn.init.constant_(self.alpha, self.init)
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.tanh(self.alpha * x)
@@ -36,6 +41,9 @@ class Snake1d(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.alpha = nn.Parameter(torch.ones(channels, 1))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.alpha)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
@@ -66,10 +74,10 @@ class FocalModulation(nn.Module):
         if causal:
             self.kernels.append(window_size)
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Conv1d(dim, dim, k, groups=dim), nn.GELU())
+            nn.Sequential(Conv1d(dim, dim, k, groups=dim), nn.GELU())
             for k in self.kernels
         )
-        self.context_proj = nn.Conv1d(dim, dim, 1)
+        self.context_proj = Conv1d(dim, dim, 1)
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
@@ -117,11 +125,17 @@ class FocalBlock(nn.Module):
                                           window_size, cfg.normalize_modulator)
         self.feed_forward_norm = norm()
         self.feed_forward = FeedForward(dim, 4 * dim)
+        self.layerscale_init = cfg.layerscale_init
         if cfg.use_layerscale:
             self.gamma_1 = nn.Parameter(torch.full((dim,), cfg.layerscale_init))
             self.gamma_2 = nn.Parameter(torch.full((dim,), cfg.layerscale_init))
         else:
             self.gamma_1 = self.gamma_2 = None
+
+    def reset_parameters(self) -> None:
+        for g in (self.gamma_1, self.gamma_2):
+            if g is not None:
+                nn.init.constant_(g, self.layerscale_init)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
         if self.use_post_norm:
@@ -141,7 +155,7 @@ class DownScale(nn.Module):
 
     def __init__(self, cin: int, cout: int, factor: int) -> None:
         super().__init__()
-        self.downscale = nn.Conv1d(cin, cout, factor, stride=factor)
+        self.downscale = Conv1d(cin, cout, factor, stride=factor)
         self.activation = Snake1d(cout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -154,7 +168,7 @@ class UpScale(nn.Module):
     def __init__(self, cin: int, cout: int, factor: int) -> None:
         super().__init__()
         self.activation = Snake1d(cin)
-        self.upscale = nn.ConvTranspose1d(cin, cout, factor, stride=factor)
+        self.upscale = ConvTranspose1d(cin, cout, factor, stride=factor)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.upscale(self.activation(x))

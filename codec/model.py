@@ -75,6 +75,8 @@ class FocalCodec(nn.Module):
         else:
             self.decoder = WaveNeXt(config.decoder_config)
         self.model_id: str | None = None  # set by from_pretrained
+        self.compute_dtype = torch.float32  # activations of the streaming steps (see codec.fastpath)
+        self.mode = "fp32"
         self._fingerprint: str | None = None
         self.eval()
 
@@ -157,6 +159,7 @@ class FocalCodec(nn.Module):
         """sig (B, T) -> feats (B, ceil(T / 320), C)."""
         if sig.dim() != 2:
             raise ValueError(f"expected a signal of shape (batch, samples), got {tuple(sig.shape)}")
+        sig = sig.to(self.compute_dtype)
         seg = _ONESHOT_SEGMENT_CHUNKS * self.chunk_size
         if not self.causal or sig.shape[1] <= seg:
             feats, state = self.encoder(sig, state)
@@ -184,16 +187,17 @@ class FocalCodec(nn.Module):
         return self.quantizer.codes_to_toks(codes)
 
     def toks_to_codes(self, toks: Tensor) -> Tensor:
-        return self.quantizer.toks_to_codes(toks)
+        return self.quantizer.toks_to_codes(toks, dtype=self.compute_dtype)
 
     def codes_to_qfeats(self, codes: Tensor, state: list | None = None, return_state: bool = False):
         """codes (B, N, D) -> reconstructed features (B, N, C)."""
-        qfeats, state = self.decompressor(codes, state)
+        qfeats, state = self.decompressor(codes.to(self.compute_dtype), state)
         return (qfeats, state) if return_state else qfeats
 
     def feats_to_sig(self, feats: Tensor, state: list | None = None, return_state: bool = False):
         """features (B, N, C) -> waveform (B, N * hop) at the output rate."""
         sig, state = self.decoder(feats, state)
+        sig = sig.float()
         return (sig, state) if return_state else sig
 
     qfeats_to_sig = feats_to_sig

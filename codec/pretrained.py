@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 import logging
 import os
 import re
@@ -160,6 +161,14 @@ class _WeightsReader:
                 self._meta[k] = (tuple(int(s) for s in sl.get_shape()), _ST_DTYPES.get(code, code.lower()))
         except Exception as e:  # SafetensorError, OSError, ... (the rust error type is not a stable import)
             raise self._corrupt(e) from None
+        # Tensors are then read with plain reads rather than through the memory map: mapped file pages
+        # count in the process's resident memory, so a 1 GB checkpoint would briefly double it.
+        with open(self.path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+        self._data_start = 8 + n
+        self._offsets = {k: tuple(v["data_offsets"]) for k, v in header.items() if k != "__metadata__"}
+        self._st = None
 
     def _open_torch(self) -> None:
         try:
@@ -197,10 +206,16 @@ class _WeightsReader:
     def get(self, key: str) -> torch.Tensor:
         if self._sd is not None:
             return self._sd[key]
-        try:
-            return self._st.get_tensor(key)
-        except Exception as e:
-            raise self._corrupt(e) from None
+        begin, end = self._offsets[key]
+        shape, dtype = self._meta[key]
+        buf = bytearray(end - begin)
+        with open(self.path, "rb") as f:
+            f.seek(self._data_start + begin)
+            if f.readinto(buf) != len(buf):
+                raise self._corrupt(EOFError(f"tensor {key} runs past the end of the file"))
+        if not buf:
+            return torch.empty(shape, dtype=getattr(torch, dtype))
+        return torch.frombuffer(buf, dtype=getattr(torch, dtype)).reshape(shape)
 
 
 @dataclass
@@ -281,16 +296,22 @@ def _validate(entries: dict[str, _Entry], model_sd: dict[str, torch.Tensor], wei
         )
 
 
-def _load_weights(model: FocalCodec, weights: Path, config_path: Path | str) -> None:
+def _load_weights(config: CodecConfig, weights: Path, config_path: Path | str, mode: str) -> FocalCodec:
+    """Validate the checkpoint against the config (no weights allocated), then build the model in ``mode``
+    layer by layer from it (see :func:`codec.fastpath.build`)."""
+    from .fastpath import build
+
     reader = _WeightsReader(weights)
-    model_sd = model.state_dict()
+    with torch.device("meta"):
+        model_sd = FocalCodec(config).state_dict()
     entries = _plan(reader, model_sd)
     _validate(entries, model_sd, weights, config_path)
-    with torch.no_grad():
-        for key, target in model_sd.items():
-            e = entries[key]
-            t = reader.get(e.sources[0]) if len(e.sources) == 1 else torch.cat([reader.get(s) for s in e.sources])
-            target.copy_(t)  # casts fp16/bf16/fp64 to the model dtype
+
+    def get(key: str) -> torch.Tensor:
+        e = entries[key]
+        return reader.get(e.sources[0]) if len(e.sources) == 1 else torch.cat([reader.get(s) for s in e.sources])
+
+    return build(config, mode, weights=get)
 
 
 # ---------------------------------------------------------------------------------------------- resolving sources
@@ -392,8 +413,10 @@ def resolve_source(source: str | Path, *, revision: str | None = None, cache_dir
 # ---------------------------------------------------------------------------------------------- public API
 def load_pretrained(source: str | Path, *, overrides: dict | None = None, dtype: torch.dtype | None = None,
                     device: str | torch.device = "cpu", revision: str | None = None, cache_dir=None,
-                    local_files_only: bool | None = None) -> FocalCodec:
+                    local_files_only: bool | None = None, mode: str = "fp32") -> FocalCodec:
     """Load a FocalCodec checkpoint (see the module docstring for what ``source`` may be).
+
+    ``mode`` (fp32 | bf16 | int8, see :mod:`codec.fastpath`) builds the model directly in that form.
 
     ``overrides`` patches the config (dotted paths, see :meth:`CodecConfig.from_dict`); ``dtype`` is the
     floating dtype of the model (default float32; fp16/bf16 files are cast to it). The model is returned in
@@ -405,10 +428,12 @@ def load_pretrained(source: str | Path, *, overrides: dict | None = None, dtype:
     cfg_path, weights, model_id = resolve_source(source, revision=revision, cache_dir=cache_dir,
                                                  local_files_only=local_files_only)
     config = _read_config(cfg_path, overrides)
-    model = FocalCodec(config)
-    if dtype is not None:
+    model = _load_weights(config, weights, cfg_path, mode)
+    if dtype is not None and dtype != torch.float32:
+        if mode != "fp32":
+            raise CheckpointError(f"dtype={dtype} cannot be combined with mode={mode!r}")
         model.to(dtype)
-    _load_weights(model, weights, cfg_path)
+        model.compute_dtype = dtype
     model.model_id = model_id
     model.weights_sha256 = sha256_file(weights)
     model.eval()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
+from .layers import Conv1d
 from .stream import History, with_left_context
 
 
@@ -37,7 +38,7 @@ class ConvLayer(nn.Module):
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(cin, cout, kernel, stride=stride, bias=False)
+        self.conv = Conv1d(cin, cout, kernel, stride=stride, bias=False)
         self.norm = nn.LayerNorm(cout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -75,7 +76,7 @@ class PositionalConv(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.causal = causal
-        self.conv = nn.Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2)
+        self.conv = Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2)
 
     def forward(self, x: Tensor, ctx: History | None) -> tuple[Tensor, History | None]:
         """x (B, C, N) -> (B, C, N)."""
@@ -109,6 +110,9 @@ class GatedRelPosAttention(nn.Module):
         self.out_proj = nn.Linear(dim, dim)
         self.gru_rel_pos_linear = nn.Linear(self.head_dim, 8)
         self.gru_rel_pos_const = nn.Parameter(torch.ones(1, num_heads, 1, 1))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.gru_rel_pos_const)
 
     def forward(self, x: Tensor, bias: Tensor, mask: Tensor | None, kv: tuple[History, History] | None) -> Tensor:
         """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) bool (True = may attend) or None;

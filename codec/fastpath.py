@@ -1,0 +1,148 @@
+"""Fast inference modes and a memory-lean model build.
+
+Modes (the exact ``fp32`` path is what conformance checks; the others change numbers slightly, see
+``focalchat bench`` for their token agreement with fp32):
+
+* ``fp32``: float32 weights and activations.
+* ``bf16``: bfloat16 weights and activations (half the weight bytes; tokens still come from signs).
+* ``int8``: every weight matrix (linear layers, and convolutions that run as matrix products in a
+  streaming step: 1x1 / kernel = stride convs, transposed convs, the positional and decoder-input
+  convs) in int8 with one scale per output channel, activations quantised on the fly
+  (``torch.ao`` dynamic quantisation); small depthwise/CNN convolutions and norms stay float32.
+
+A streaming step multiplies 4 frames by every weight, so its time is the time to read the weights:
+fewer weight bytes is what makes a step fast. Converted models are for inference only.
+
+:func:`build` makes a model directly in its mode, one layer at a time, so that the process never
+holds a full float32 copy (peak memory = the converted model plus one layer).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import CodecConfig
+from .layers import Conv1d, ConvTranspose1d
+from .model import FocalCodec
+
+MODES = ("fp32", "bf16", "int8")
+
+
+def _qlinear(weight: Tensor, bias: Tensor | None) -> nn.Module:
+    """A dynamic int8 linear layer (per-output-channel scales) for ``weight`` (out, in)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning)
+        from torch.ao.nn.quantized.dynamic import Linear as DynLinear
+        from torch.ao.quantization import per_channel_dynamic_qconfig
+
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(weight.float())
+            if bias is not None:
+                lin.bias.copy_(bias.float())
+        lin.qconfig = per_channel_dynamic_qconfig
+        return DynLinear.from_float(lin)
+
+
+def _drop(module: nn.Module, name: str) -> None:
+    """Free a float weight that an int8 copy replaces (keeps the attribute, empty)."""
+    setattr(module, name, nn.Parameter(torch.empty(0), requires_grad=False))
+
+
+def quantize_module(module: nn.Module) -> nn.Module | None:
+    """int8 version of one module: a replacement for nn.Linear, or None after converting a conv in place."""
+    if type(module) is nn.Linear:
+        return _qlinear(module.weight.detach(), None if module.bias is None else module.bias.detach())
+    if isinstance(module, Conv1d) and module.padding == (0,):
+        k, g = module.kernel_size[0], module.groups
+        if g == 1 and module.weight.numel() >= 4096:
+            module._modules["qlinear"] = _qlinear(module.linear_weight(), module.bias)
+            if k == 1:  # any length runs as a matmul: the float weight is no longer needed
+                _drop(module, "weight")
+        elif 1 < g < module.in_channels:
+            og, w = module.out_channels // g, module.weight.detach()
+            b = module.bias.detach() if module.bias is not None else None
+            module._modules["qgroups"] = nn.ModuleList(
+                _qlinear(w[i * og : (i + 1) * og].reshape(og, -1), None if b is None else b[i * og : (i + 1) * og])
+                for i in range(g)
+            )
+    elif isinstance(module, ConvTranspose1d) and module.kernel_size == module.stride:
+        module._modules["qlinear"] = _qlinear(module.linear_weight(), None)
+        _drop(module, "weight")
+    return None
+
+
+def _replace_children(model: nn.Module, fn: Callable[[nn.Module], nn.Module | None]) -> None:
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new = fn(child)
+            if new is not None:
+                setattr(parent, name, new)
+
+
+def convert(model: FocalCodec, mode: str) -> FocalCodec:
+    """Convert a float32 model in place to ``mode`` (see the module docstring); returns it."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    if model.mode != "fp32" and mode != model.mode:
+        raise ValueError(f"the model is already converted to {model.mode}")
+    model.eval()
+    if mode == "bf16":
+        model.to(torch.bfloat16)
+        model.compute_dtype = torch.bfloat16
+    elif mode == "int8":
+        with torch.no_grad():
+            _replace_children(model, quantize_module)
+    model.mode = mode
+    model.requires_grad_(False)
+    return model
+
+
+def _own_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in module.named_parameters(recurse=False) if p is not None]
+
+
+def build(config: CodecConfig, mode: str = "fp32",
+          weights: Callable[[str], Tensor] | None = None, seed: int | None = 0) -> FocalCodec:
+    """Build a model in ``mode`` one layer at a time.
+
+    ``weights(key)`` returns the checkpoint tensor of a state-dict key (any float dtype); without it
+    the layers get their default random initialisation (seeded by ``seed``).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
+    if weights is None and seed is not None:
+        torch.manual_seed(seed)
+    with torch.device("meta"):
+        model = FocalCodec(config)
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float32
+    for name, module in list(model.named_modules()):
+        own = _own_params(module)
+        if not own:
+            continue
+        module.to_empty(device="cpu", recurse=False)
+        with torch.no_grad():
+            if weights is not None:
+                for pname, p in own:
+                    src = weights(f"{name}.{pname}" if name else pname)
+                    getattr(module, pname).copy_(src)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+            if dtype != torch.float32:
+                module._apply(lambda t: t.to(dtype), recurse=False)
+    for name, buf in model.named_buffers():
+        if buf.is_meta:
+            raise RuntimeError(f"buffer {name} was not materialised")
+    model.compute_dtype = dtype
+    if mode == "int8":
+        with torch.no_grad():
+            _replace_children(model, quantize_module)
+    model.mode = mode
+    model.requires_grad_(False)
+    return model.eval()

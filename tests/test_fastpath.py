@@ -1,0 +1,73 @@
+"""Fast inference modes: built layer by layer, same API, close to the exact fp32 path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from codec.fastpath import build, convert
+from codec.model import FocalCodec
+from codec.presets import tiny_config
+from codec.pretrained import load_pretrained, save_pretrained
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    m = FocalCodec(tiny_config(16))
+    d = tmp_path_factory.mktemp("ckpt")
+    save_pretrained(m, d)
+    return d, m
+
+
+def _stream(m, x):
+    est = dst = None
+    toks, wav = [], []
+    for i in range(0, x.shape[1], m.chunk_size):
+        t, est = m.encode_step(x[:, i : i + m.chunk_size], est)
+        y, dst = m.decode_step(t, dst)
+        toks.append(t)
+        wav.append(y)
+    return torch.cat(toks, 1), torch.cat(wav, 1)
+
+
+@pytest.mark.parametrize("mode,min_agree", [("fp32", 1.0), ("bf16", 0.8), ("int8", 0.7)])
+@torch.inference_mode()
+def test_modes_from_checkpoint(ckpt, speech_16k, mode, min_agree):
+    folder, ref = ckpt
+    m = load_pretrained(folder, mode=mode)
+    assert m.mode == mode and not any(p.requires_grad for p in m.parameters())
+    x = torch.from_numpy(speech_16k[: 40 * 1280])[None]
+    toks, wav = _stream(m, x)
+    ref_toks = ref.sig_to_toks(x)
+    agree = float((toks == ref_toks).float().mean())
+    assert agree >= min_agree, agree
+    assert wav.dtype == torch.float32 and wav.shape == (1, 40 * 1920) and torch.isfinite(wav).all()
+    if mode == "fp32":
+        torch.testing.assert_close(wav, ref.toks_to_sig(ref_toks), atol=1e-4, rtol=1e-4)
+    else:  # same tokens decode to a close waveform
+        y_ref = ref.toks_to_sig(ref_toks)
+        y, _ = m.decode_step(ref_toks[:, :4], None)
+        assert y.shape == (1, 1920)
+        snr = 10 * torch.log10(y_ref[:, :1920].square().sum() / (y - y_ref[:, :1920]).square().sum())
+        assert snr > 15, float(snr)
+
+
+def test_int8_quantizes_every_weight_matrix():
+    m = build(tiny_config(12), "int8", seed=0)
+    kinds = {type(mod).__name__ for mod in m.modules()}
+    assert "Linear" in kinds  # the dynamic quantized Linear class is also called Linear
+    assert not any(type(mod) is torch.nn.Linear for mod in m.modules())
+    convs = [mod for name, mod in m.named_modules() if name.endswith(("context_proj", "upscale.upscale"))]
+    assert convs and all(mod.qlinear is not None and mod.weight.numel() == 0 for mod in convs)
+    assert m.encoder.encoder.positional_embedding.conv.qgroups is not None
+
+
+def test_convert_in_place_and_errors():
+    torch.manual_seed(0)
+    m = convert(FocalCodec(tiny_config(12)), "bf16")
+    assert m.compute_dtype == torch.bfloat16 and next(m.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="already converted"):
+        convert(m, "int8")
+    with pytest.raises(ValueError, match="unknown mode"):
+        build(tiny_config(12), "fp8")
