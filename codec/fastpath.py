@@ -41,11 +41,10 @@ def _qlinear(weight: Tensor, bias: Tensor | None) -> nn.Module:
         from torch.ao.nn.quantized.dynamic import Linear as DynLinear
         from torch.ao.quantization import per_channel_dynamic_qconfig
 
-        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        with torch.no_grad():
-            lin.weight.copy_(weight.float())
-            if bias is not None:
-                lin.bias.copy_(bias.float())
+        lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+        lin.weight = nn.Parameter(weight.float(), requires_grad=False)  # no copy for a float32 weight
+        if bias is not None:
+            lin.bias = nn.Parameter(bias.float(), requires_grad=False)
         lin.qconfig = per_channel_dynamic_qconfig
         return DynLinear.from_float(lin)
 
@@ -63,8 +62,7 @@ def quantize_module(module: nn.Module) -> nn.Module | None:
         k, g = module.kernel_size[0], module.groups
         if g == 1 and module.weight.numel() >= 4096:
             module._modules["qlinear"] = _qlinear(module.linear_weight(), module.bias)
-            if k == 1:  # any length runs as a matmul: the float weight is no longer needed
-                _drop(module, "weight")
+            _drop(module, "weight")  # inputs of any length now run as (unfold +) int8 matmul
         elif 1 < g < module.in_channels:
             og, w = module.out_channels // g, module.weight.detach()
             b = module.bias.detach() if module.bias is not None else None
@@ -72,6 +70,7 @@ def quantize_module(module: nn.Module) -> nn.Module | None:
                 _qlinear(w[i * og : (i + 1) * og].reshape(og, -1), None if b is None else b[i * og : (i + 1) * og])
                 for i in range(g)
             )
+            _drop(module, "weight")
     elif isinstance(module, ConvTranspose1d) and module.kernel_size == module.stride:
         module._modules["qlinear"] = _qlinear(module.linear_weight(), None)
         _drop(module, "weight")
@@ -104,6 +103,16 @@ def convert(model: FocalCodec, mode: str) -> FocalCodec:
     return model
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap freed by the build (temporary float32 layers) back to the OS (glibc only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _own_params(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in module.named_parameters(recurse=False) if p is not None]
 
@@ -122,27 +131,35 @@ def build(config: CodecConfig, mode: str = "fp32",
     with torch.device("meta"):
         model = FocalCodec(config)
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-    for name, module in list(model.named_modules()):
+    # Largest layers first: the temporary float32 copy of a layer being quantised then sits on top of a
+    # small model, which keeps the peak low. Names only, so that replaced layers are freed.
+    sizes = {name: sum(p.numel() for _, p in _own_params(mod)) for name, mod in model.named_modules()}
+    names = sorted((n for n in sizes if sizes[n]), key=lambda n: -sizes[n]) if mode == "int8" else list(sizes)
+    for name in names:
+        module = model.get_submodule(name)
         own = _own_params(module)
         if not own:
             continue
         module.to_empty(device="cpu", recurse=False)
+        if dtype != torch.float32:  # allocate in the target dtype: no float32 copy ever exists
+            module._apply(lambda t: t.to(dtype), recurse=False)
         with torch.no_grad():
             if weights is not None:
-                for pname, p in own:
-                    src = weights(f"{name}.{pname}" if name else pname)
-                    getattr(module, pname).copy_(src)
+                for pname, _ in own:
+                    getattr(module, pname).copy_(weights(f"{name}.{pname}" if name else pname))
             elif hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-            if dtype != torch.float32:
-                module._apply(lambda t: t.to(dtype), recurse=False)
+            if mode == "int8":  # quantise this layer now: at most one float32 layer exists at a time
+                new = quantize_module(module)
+                if new is not None:
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent), child, new)
+        del module, own
     for name, buf in model.named_buffers():
         if buf.is_meta:
             raise RuntimeError(f"buffer {name} was not materialised")
     model.compute_dtype = dtype
-    if mode == "int8":
-        with torch.no_grad():
-            _replace_children(model, quantize_module)
+    _release_freed_memory()
     model.mode = mode
     model.requires_grad_(False)
     return model.eval()

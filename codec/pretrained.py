@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import logging
 import os
 import re
 import stat
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -12,7 +12,6 @@ step (``copy.deepcopy`` a state to branch a stream).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 # Spare frames after the history: the history is compacted once per SPARE / n appends of n frames.
