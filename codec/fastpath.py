@@ -59,7 +59,7 @@ def quantize_module(module: nn.Module) -> nn.Module | None:
     if type(module) is nn.Linear:
         return _qlinear(module.weight.detach(), None if module.bias is None else module.bias.detach())
     if isinstance(module, Conv1d) and module.padding == (0,):
-        k, g = module.kernel_size[0], module.groups
+        g = module.groups
         if g == 1 and module.weight.numel() >= 4096:
             module._modules["qlinear"] = _qlinear(module.linear_weight(), module.bias)
             _drop(module, "weight")  # inputs of any length now run as (unfold +) int8 matmul

@@ -9,9 +9,9 @@ import torch
 
 from app.cli import main
 from codec.fileformat import read_fcs
+from codec.model import FocalCodec
 from codec.presets import tiny_config
 from codec.pretrained import save_pretrained
-from codec.model import FocalCodec
 
 from .conftest import REPO
 
