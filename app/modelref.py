@@ -31,13 +31,16 @@ def untrained_model(seed: int = 0) -> FocalCodec:
     return model
 
 
-def load_model(spec: str = "default", allow_untrained: bool = False) -> FocalCodec:
-    """Load a model by name, hub id or folder (CheckpointError on a bad checkpoint)."""
+def load_model(spec: str = "default", allow_untrained: bool = False, mode: str = "fp32") -> FocalCodec:
+    """Load a model by name, hub id or folder (CheckpointError on a bad checkpoint).
+
+    ``mode``: fp32 (exact) | bf16 | int8 (fast paths for the full-size models, see codec.fastpath).
+    """
     from codec.pretrained import load_pretrained
 
     if spec == "default":
         if default_model_available():
-            model = load_pretrained(DEFAULT_MODEL_DIR)
+            model = load_pretrained(DEFAULT_MODEL_DIR, mode=mode)
             model.model_id = DEFAULT_MODEL_ID
             return model
         if allow_untrained:
@@ -50,4 +53,4 @@ def load_model(spec: str = "default", allow_untrained: bool = False) -> FocalCod
                               "pass --model with a checkpoint folder or a hub id")
     if spec.startswith("untrained"):
         return untrained_model()
-    return load_pretrained(spec)
+    return load_pretrained(spec, mode=mode)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .config import CodecConfig
 from .layers import Conv1d, ConvTranspose1d
-from .model import FocalCodec
+from .model import FocalCodec, tensor_digest, weights_fingerprint
 
 MODES = ("fp32", "bf16", "int8")
 
@@ -135,6 +135,7 @@ def build(config: CodecConfig, mode: str = "fp32",
     # small model, which keeps the peak low. Names only, so that replaced layers are freed.
     sizes = {name: sum(p.numel() for _, p in _own_params(mod)) for name, mod in model.named_modules()}
     names = sorted((n for n in sizes if sizes[n]), key=lambda n: -sizes[n]) if mode == "int8" else list(sizes)
+    digests: dict[str, bytes] = {}
     for name in names:
         module = model.get_submodule(name)
         own = _own_params(module)
@@ -146,9 +147,16 @@ def build(config: CodecConfig, mode: str = "fp32",
         with torch.no_grad():
             if weights is not None:
                 for pname, _ in own:
-                    getattr(module, pname).copy_(weights(f"{name}.{pname}" if name else pname))
-            elif hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+                    key = f"{name}.{pname}" if name else pname
+                    src = weights(key)
+                    digests[key] = tensor_digest(key, src)
+                    getattr(module, pname).copy_(src)
+            else:
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+                for pname, _ in own:
+                    key = f"{name}.{pname}" if name else pname
+                    digests[key] = tensor_digest(key, getattr(module, pname))
             if mode == "int8":  # quantise this layer now: at most one float32 layer exists at a time
                 new = quantize_module(module)
                 if new is not None:
@@ -159,6 +167,7 @@ def build(config: CodecConfig, mode: str = "fp32",
         if buf.is_meta:
             raise RuntimeError(f"buffer {name} was not materialised")
     model.compute_dtype = dtype
+    model._fingerprint = weights_fingerprint(digests)
     _release_freed_memory()
     model.mode = mode
     model.requires_grad_(False)

@@ -34,6 +34,21 @@ from .wavlm import WavLM, WavLMState
 _ONESHOT_SEGMENT_CHUNKS = 64
 
 
+def tensor_digest(key: str, tensor: Tensor) -> bytes:
+    """sha256 of a state-dict key and the tensor's float32 bytes."""
+    h = hashlib.sha256(key.encode())
+    h.update(tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return h.digest()
+
+
+def weights_fingerprint(digests: dict[str, bytes]) -> str:
+    """sha256 (hex) over the per-key digests in key order."""
+    h = hashlib.sha256()
+    for k in sorted(digests):
+        h.update(digests[k])
+    return h.hexdigest()
+
+
 @dataclass
 class EncodeState:
     """Streaming state of one encoder stream (signal -> tokens)."""
@@ -121,17 +136,16 @@ class FocalCodec(nn.Module):
         return self.quantizer.codebook
 
     def fingerprint(self) -> str:
-        """sha256 (hex) of the weights: every state-dict key and its float32 bytes, in key order.
+        """sha256 (hex) identifying the weights (see :func:`weights_fingerprint`).
 
-        Identifies the model in compressed files and call handshakes; cached until the weights change
-        through :meth:`load_state_dict`.
+        Identifies the model in compressed files and call handshakes. A model built by
+        :func:`codec.fastpath.build` gets it from the checkpoint tensors, so every mode of one
+        checkpoint has the same fingerprint. Cached until :meth:`load_state_dict`.
         """
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for k, v in sorted(self.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-            self._fingerprint = h.hexdigest()
+            if self.mode == "int8":
+                raise RuntimeError("the fingerprint of an int8 model is taken when it is built (codec.fastpath.build)")
+            self._fingerprint = weights_fingerprint({k: tensor_digest(k, v) for k, v in self.state_dict().items()})
         return self._fingerprint
 
     def load_state_dict(self, *args: Any, **kwargs: Any):  # type: ignore[override]

@@ -71,3 +71,11 @@ def test_convert_in_place_and_errors():
         convert(m, "int8")
     with pytest.raises(ValueError, match="unknown mode"):
         build(tiny_config(12), "fp8")
+
+
+def test_fingerprint_is_the_same_in_every_mode(ckpt):
+    folder, ref = ckpt
+    fps = {mode: load_pretrained(folder, mode=mode).fingerprint() for mode in ("fp32", "bf16", "int8")}
+    assert len(set(fps.values())) == 1 and fps["fp32"] == ref.fingerprint()
+    torch.manual_seed(5)
+    assert FocalCodec(tiny_config(16)).fingerprint() != ref.fingerprint()

@@ -14,12 +14,16 @@ def register(sub) -> None:
     p.add_argument("input", help="audio file (wav, flac, ogg, ...)")
     p.add_argument("output", help="compressed file to write (.fcs)")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
+    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
+                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
     p.set_defaults(func=encode)
 
     p = sub.add_parser("decode", help="decompress a .fcs file to WAV")
     p.add_argument("input", help="compressed file (.fcs)")
     p.add_argument("output", help="WAV file to write")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
+    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
+                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
     p.add_argument("--rate", type=int, default=None, help="resample the output to this rate (default: model rate)")
     p.add_argument("--force", action="store_true", help="decode even if the file names another model")
     p.add_argument("--partial", action="store_true", help="decode a truncated file up to the damage")
@@ -35,10 +39,10 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _load(spec: str):
+def _load(spec: str, mode: str = "fp32"):
     from app.modelref import load_model
 
-    return load_model(spec)
+    return load_model(spec, mode=mode)
 
 
 def encode(args: argparse.Namespace) -> int:
@@ -47,7 +51,7 @@ def encode(args: argparse.Namespace) -> int:
     from codec.pretrained import CheckpointError
 
     try:
-        model = _load(args.model)
+        model = _load(args.model, args.mode)
         t0 = time.perf_counter()
         h = encode_file(model, args.input, args.output)
     except (CheckpointError, AudioFileError, OSError) as exc:
@@ -65,7 +69,7 @@ def decode(args: argparse.Namespace) -> int:
     from codec.pretrained import CheckpointError
 
     try:
-        model = _load(args.model)
+        model = _load(args.model, args.mode)
         h, n = decode_file(model, args.input, args.output, force=args.force, allow_partial=args.partial,
                            sample_rate=args.rate)
     except (CheckpointError, FcsFormatError, ModelMismatchError, OSError) as exc:

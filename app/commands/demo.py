@@ -16,6 +16,8 @@ def register(sub) -> None:
                                    "streaming decoder; writes the original and decoded WAVs for A/B listening.")
     p.add_argument("--input", default=None, help="speech file (default: the bundled assets/speech_sample.wav)")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
+    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
+                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
     p.add_argument("--out", default="out/demo", help="folder for original.wav and decoded.wav")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the app uses 1 per stream)")
     p.set_defaults(func=run)
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        model = load_model(args.model, allow_untrained=args.model == "default")
+        model = load_model(args.model, allow_untrained=args.model == "default", mode=args.mode)
         src = Path(args.input) if args.input else SPEECH_SAMPLE
         sig = load_audio(src, model.sample_rate_input)
     except (CheckpointError, AudioFileError) as exc:
