@@ -26,12 +26,13 @@ from codec.pretrained import (
     sha256_file,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "conformance"
-SMALL = SHARED / "focalcodec_stream_small" / "cb4096_w24"
-MANIFESTS = SHARED / "full_size_manifests"
-MANIFEST_FILES = sorted(MANIFESTS.glob("focalcodec_*.json")) if MANIFESTS.is_dir() else []
-needs_small = pytest.mark.skipif(not SMALL.is_dir(), reason="shared conformance model not present")
-needs_manifests = pytest.mark.skipif(not MANIFEST_FILES, reason="shared full-size manifests not present")
+# the reference data vendored in tests/data (copies of ../shared/conformance)
+VENDORED = Path(__file__).resolve().parent / "data" / "conformance"
+SMALL = VENDORED / "focalcodec_stream_small" / "cb4096_w24"
+MANIFESTS = VENDORED / "full_size_manifests"
+MANIFEST_FILES = sorted(MANIFESTS.glob("focalcodec_*.json"))
+needs_small = pytest.mark.skipif(not SMALL.is_dir(), reason="vendored conformance model missing")
+needs_manifests = pytest.mark.skipif(len(MANIFEST_FILES) != 5, reason="vendored full-size manifests missing")
 
 TINY = {
     "encoder_config": dict(hidden_dims=[8] * 7, num_layers=1, dim=16, ffn_dim=32, num_heads=2, num_buckets=8,
