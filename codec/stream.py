@@ -57,9 +57,10 @@ class History:
         cap = self.buf.shape[self.dim]
         if self.start + self.length + n > cap:
             keep = self.buf.narrow(self.dim, self.start, self.length)
-            if self.length + n > cap:  # a bigger step than ever before: grow
+            want = self.size + max(n, SPARE)
+            if self.length + n > cap or cap > 2 * want:  # grow for a bigger step, shrink after one
                 shape = list(self.buf.shape)
-                shape[self.dim] = self.size + max(n, SPARE)
+                shape[self.dim] = want
                 new = self.buf.new_empty(shape)
                 new.narrow(self.dim, 0, self.length).copy_(keep)
                 self.buf = new

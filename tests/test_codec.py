@@ -265,3 +265,17 @@ def test_full_size_param_count_on_meta():
         m = FocalCodec(full_config(12))
     assert m.num_params() == 249_038_490
     assert np.isclose(m.config.bitrate, 600)
+
+
+def test_history_buffers_shrink_after_a_big_step():
+    from codec.stream import SPARE, History
+
+    h = History(10, dim=-1)
+    x = torch.arange(500, dtype=torch.float32).view(1, 1, 500)
+    v = h.extend(x)
+    assert v.shape[-1] == 510 and torch.equal(h.frames()[0, 0], x[0, 0, -10:])
+    for i in range(40):  # small steps afterwards: the buffer goes back to size + SPARE
+        v = h.extend(torch.full((1, 1, 4), float(i)))
+        assert torch.equal(v[0, 0, -4:], torch.full((4,), float(i)))
+    assert h.buf.shape[-1] <= 10 + SPARE and h.length == 10
+    assert torch.equal(h.frames()[0, 0], torch.tensor([37, 37, 38, 38, 38, 38, 39, 39, 39, 39.0]))
