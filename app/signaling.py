@@ -293,7 +293,9 @@ def decode_code(text: str, expect: str | None = None) -> tuple[str, str]:
     bad = sorted({ch for ch in rest if ch not in _B58_INDEX})
     if bad:
         shown = " ".join(repr(c) for c in bad[:6])
-        raise SignalingError(f"the code contains characters that cannot be in a code ({shown}); copy it again")
+        raise SignalingError(
+            f"the code contains characters that cannot be in a code ({shown}); copy it again"
+        )
     if len(rest) < _LEN_DIGITS:
         raise SignalingError("the code is cut off right after its prefix; copy the whole code")
     declared = 0
@@ -311,7 +313,9 @@ def decode_code(text: str, expect: str | None = None) -> tuple[str, str]:
         )
     blob = _b58decode(body)
     if len(blob) < 5 or blob[-4:] != _checksum(letter, blob[:-4]):
-        raise SignalingError("the code is damaged (checksum mismatch): a character was changed; copy it again")
+        raise SignalingError(
+            "the code is damaged (checksum mismatch): a character was changed; copy it again"
+        )
     blob = blob[:-4]
     fp_len = blob[0]
     try:
@@ -346,7 +350,9 @@ def _parse(line: bytes, where: str) -> dict[str, Any]:
     try:
         msg = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise SignalingError(f"{where} is not a FocalChat peer (it sent something that is not FocalChat JSON)") from None
+        raise SignalingError(
+            f"{where} is not a FocalChat peer (it sent something that is not FocalChat JSON)"
+        ) from None
     if not isinstance(msg, dict) or msg.get("app") != APP_ID or not isinstance(msg.get("type"), str):
         raise SignalingError(f"{where} is not a FocalChat peer (unexpected message)")
     if msg.get("v") != PROTOCOL_VERSION:
@@ -390,13 +396,17 @@ async def request_answer(host: str, port: int, offer_sdp: str, *, timeout: float
     except TimeoutError:
         raise SignalingError(f"connected to {where}, but it did not answer within {timeout:g} s") from None
     except (ValueError, asyncio.LimitOverrunError):
-        raise SignalingError(f"{where} sent a reply longer than {MAX_LINE} bytes (not a FocalChat peer?)") from None
+        raise SignalingError(
+            f"{where} sent a reply longer than {MAX_LINE} bytes (not a FocalChat peer?)"
+        ) from None
     except OSError as exc:
         raise SignalingError(f"the connection to {where} broke: {exc.strerror or exc}") from None
     finally:
         await _close_writer(writer)
     if not line:
-        raise SignalingError(f"{where} closed the connection without answering (is it a FocalChat peer, and idle?)")
+        raise SignalingError(
+            f"{where} closed the connection without answering (is it a FocalChat peer, and idle?)"
+        )
     msg = _parse(line, where)
     if msg["type"] == "error":
         raise SignalingError(f"{where} refused the call: {msg.get('message', 'no reason given')}")
@@ -449,7 +459,9 @@ class SignalingServer:
 
     async def start(self) -> SignalingServer:
         try:
-            self._server = await asyncio.start_server(self._handle, self.host, self.requested_port, limit=MAX_LINE)
+            self._server = await asyncio.start_server(
+                self._handle, self.host, self.requested_port, limit=MAX_LINE
+            )
         except OSError as exc:
             raise SignalingError(
                 f"cannot listen on {_hp(self.host, self.requested_port)}: {exc.strerror or exc}"
@@ -499,7 +511,9 @@ class SignalingServer:
         finally:
             await _close_writer(writer)
 
-    async def _handle_offer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str) -> None:
+    async def _handle_offer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
         assert self._result is not None
         try:
             line = await asyncio.wait_for(reader.readline(), self.io_timeout)
@@ -517,7 +531,8 @@ class SignalingServer:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.io_timeout
-        while self._answer_fn is None and loop.time() < deadline:  # offer arrived before answer_one() was called
+        # the offer may arrive before answer_one() was called
+        while self._answer_fn is None and loop.time() < deadline:
             await asyncio.sleep(0.01)
         if self._answer_fn is None:
             raise TimeoutError

@@ -130,8 +130,11 @@ def enable_loopback_candidates() -> None:
         if _loopback_depth == 0:
             original = aioice.ice.get_host_addresses
             params = set(inspect.signature(original).parameters)
-            if not {"use_ipv4", "use_ipv6"} <= params:  # aioice changed its API: the patch would break gathering
-                raise TransportError(f"aioice.ice.get_host_addresses has unexpected parameters {sorted(params)}")
+            # if aioice changed this API, the stand-in would break gathering: refuse instead
+            if not {"use_ipv4", "use_ipv6"} <= params:
+                raise TransportError(
+                    f"aioice.ice.get_host_addresses has unexpected parameters {sorted(params)}"
+                )
             _original_get_host_addresses = original
             aioice.ice.get_host_addresses = _loopback_host_addresses
         _loopback_depth += 1
@@ -234,7 +237,9 @@ class WireCounters:
     udp_packets_received: int
 
     def ip_bytes_sent(self, *, ipv6: bool = False) -> int:
-        return self.udp_bytes_sent + self.udp_packets_sent * ((IPV6_HEADER if ipv6 else IPV4_HEADER) + UDP_HEADER)
+        return self.udp_bytes_sent + self.udp_packets_sent * (
+            (IPV6_HEADER if ipv6 else IPV4_HEADER) + UDP_HEADER
+        )
 
     def ip_bytes_received(self, *, ipv6: bool = False) -> int:
         hdr = (IPV6_HEADER if ipv6 else IPV4_HEADER) + UDP_HEADER
@@ -270,7 +275,9 @@ def _build_ice_servers(servers: Sequence[IceServer | RTCIceServer | str]) -> lis
         urls = [s.urls] if isinstance(s.urls, str) else list(s.urls)
         for url in urls:
             if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
-                raise ValueError(f"ICE server URL must start with stun:, stuns:, turn: or turns: (got {url!r})")
+                raise ValueError(
+                    f"ICE server URL must start with stun:, stuns:, turn: or turns: (got {url!r})"
+                )
         out.append(RTCIceServer(urls=urls, username=s.username, credential=s.credential))
     return out
 
@@ -376,7 +383,9 @@ class TransportThread:
         """Run ``coro`` on the loop and wait for its result (from any thread except the loop's own)."""
         if self.in_loop_thread():
             coro.close()
-            raise RuntimeError("run_coroutine() from the loop thread would deadlock; await the coroutine instead")
+            raise RuntimeError(
+                "run_coroutine() from the loop thread would deadlock; await the coroutine instead"
+            )
         fut = self.submit(coro)
         try:
             return fut.result(timeout)
@@ -559,7 +568,9 @@ class PeerTransport:
 
     async def aaccept_answer(self, sdp: str, *, connect_timeout: float | None = None) -> None:
         if self._role != "offerer":
-            raise TransportError("accept_answer: call create_offer first (only the offerer accepts an answer)")
+            raise TransportError(
+                "accept_answer: call create_offer first (only the offerer accepts an answer)"
+            )
         if self._answer_accepted:
             raise TransportError("accept_answer: an answer was already accepted")
         self._check_not_closed()
@@ -602,7 +613,9 @@ class PeerTransport:
             raise TypeError(f"send() takes bytes, not {type(data).__name__}")
         data = bytes(data)
         if len(data) > self.max_message_bytes:
-            raise ValueError(f"packet of {len(data)} bytes exceeds max_message_bytes={self.max_message_bytes}")
+            raise ValueError(
+                f"packet of {len(data)} bytes exceeds max_message_bytes={self.max_message_bytes}"
+            )
         with self._lock:
             if not self._open:
                 self._drops_not_open += 1
@@ -686,7 +699,10 @@ class PeerTransport:
         # iceServers=[] explicitly: aiortc's default (None) means Google's public STUN server.
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self._ice_servers)))
         self._pc = pc
-        pc.on("signalingstatechange", lambda: self._emit(SignalingStateChanged(peer=self.name, state=pc.signalingState)))
+        pc.on(
+            "signalingstatechange",
+            lambda: self._emit(SignalingStateChanged(peer=self.name, state=pc.signalingState)),
+        )
         pc.on(
             "icegatheringstatechange",
             lambda: self._emit(IceGatheringStateChanged(peer=self.name, state=pc.iceGatheringState)),
@@ -748,7 +764,9 @@ class PeerTransport:
     def _on_connect_timeout(self, timeout: float) -> None:
         self._timeout_handle = None
         if not self._ever_open:
-            self._fail("timeout", f"could not connect within {timeout:g} s ({FAIL_HINT}){self._failure_detail()}")
+            self._fail(
+                "timeout", f"could not connect within {timeout:g} s ({FAIL_HINT}){self._failure_detail()}"
+            )
 
     def _on_ice_state(self, state: str) -> None:
         self._emit(IceConnectionStateChanged(peer=self.name, state=state))
@@ -757,10 +775,15 @@ class PeerTransport:
         self._emit(ConnectionStateChanged(peer=self.name, state=state))
         if state == "failed":
             if self._ever_open:
-                self._fail("connection-lost", "the connection to the peer was lost (no reply to consent checks)")
+                self._fail(
+                    "connection-lost", "the connection to the peer was lost (no reply to consent checks)"
+                )
             else:
                 elapsed = self.loop.time() - self._clock_start if self._clock_start is not None else 0.0
-                self._fail("ice-failed", f"could not connect after {elapsed:.1f} s ({FAIL_HINT}){self._failure_detail()}")
+                self._fail(
+                    "ice-failed",
+                    f"could not connect after {elapsed:.1f} s ({FAIL_HINT}){self._failure_detail()}",
+                )
 
     def _on_channel_open(self) -> None:
         if self._closed:
