@@ -94,7 +94,6 @@ too. Encoding is canonical: a message that parses re-encodes to the same bytes.
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -232,7 +231,9 @@ def _decode_str(raw: bytes, name: str, max_bytes: int, allowed_controls: str = "
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise PacketError("bad_field", f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+        raise PacketError(
+            "bad_field", f"{name} is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from exc
     _check_str(text, name, max_bytes, allowed_controls)
     return text
 
@@ -288,27 +289,41 @@ def audio_packet_size(n: int, r: int = 0, bits: int = 12, tokens_per_chunk: int 
     return AUDIO_HEADER_SIZE + (n + r) * packed_size(tokens_per_chunk, bits)
 
 
-def model_hash_prefix(digest_or_weights: bytes) -> bytes:
-    """The 8-byte model hash sent in HELLO: the first 8 bytes of a sha256 digest.
+def model_hash_prefix(fingerprint: str | bytes) -> bytes:
+    """The 8-byte model hash sent in HELLO: the first 8 bytes of the model's sha256.
 
-    Given a 32-byte sha256 digest, truncate it; given anything else, hash it first.
+    Takes the fingerprint as a hex string (``FocalCodec.fingerprint()``) or as a
+    32-byte digest. Raises ``PacketError("bad_field")`` on anything else.
     """
-    data = bytes(digest_or_weights)
-    if len(data) != 32:
-        data = hashlib.sha256(data).digest()
-    return data[:MODEL_HASH_SIZE]
+    if isinstance(fingerprint, str):
+        try:
+            digest = bytes.fromhex(fingerprint)
+        except ValueError as exc:
+            raise PacketError("bad_field", f"model fingerprint is not hex: {fingerprint!r:.80}") from exc
+    else:
+        digest = bytes(fingerprint)
+    if len(digest) != 32:
+        raise PacketError(
+            "bad_field", f"model fingerprint must be a sha256 (32 bytes), got {len(digest)} bytes"
+        )
+    return digest[:MODEL_HASH_SIZE]
 
 
 # --------------------------------------------------------------------------- AUDIO
 
 
 def _as_chunk(tokens: object, bits: int, tokens_per_chunk: int, what: str) -> np.ndarray:
-    arr = np.asarray(tokens)
+    try:
+        arr = np.asarray(tokens)
+    except (TypeError, ValueError) as exc:
+        raise PacketError("bad_field", f"{what} is not an array of tokens ({exc})") from exc
     if arr.ndim != 1 or arr.shape[0] != tokens_per_chunk:
-        raise PacketError("bad_field", f"{what} must be a 1-D array of {tokens_per_chunk} tokens, got shape {arr.shape}")
+        raise PacketError(
+            "bad_field", f"{what} must be a 1-D array of {tokens_per_chunk} tokens, got shape {arr.shape}"
+        )
     if arr.dtype.kind not in "iu":
         raise PacketError("bad_field", f"{what} must have an integer dtype, got {arr.dtype}")
-    if tokens_per_chunk and (int(arr.min()) < 0 or int(arr.max()) >= (1 << bits)):
+    if int(arr.min()) < 0 or int(arr.max()) >= (1 << bits):
         raise PacketError("bad_field", f"{what} has a token outside 0..{(1 << bits) - 1} ({bits} bits)")
     return arr.astype(np.int64)
 
@@ -350,9 +365,16 @@ class AudioPacket:
         if not 1 <= n <= MAX_CHUNKS:
             raise PacketError("bad_field", f"an AUDIO packet carries 1..{MAX_CHUNKS} chunks, got {n}")
         if r > MAX_REDUNDANT:
-            raise PacketError("bad_field", f"an AUDIO packet carries 0..{MAX_REDUNDANT} redundant chunks, got {r}")
+            raise PacketError(
+                "bad_field", f"an AUDIO packet carries 0..{MAX_REDUNDANT} redundant chunks, got {r}"
+            )
         # Redundant chunks F-r..F-1 must exist (F >= r) and the last primary index must fit in a u32.
-        self.first_chunk = _check_int(self.first_chunk, "first chunk index", r, _U32_MAX - n + 1)
+        self.first_chunk = _check_int(
+            self.first_chunk,
+            f"first chunk index (with {r} redundant and {n} primary chunks)",
+            r,
+            _U32_MAX - n + 1,
+        )
         self.chunks = [
             _as_chunk(c, self.bits, self.tokens_per_chunk, f"chunk {self.first_chunk + i}")
             for i, c in enumerate(self.chunks)
@@ -367,7 +389,14 @@ class AudioPacket:
             return NotImplemented
         return (
             (self.seq, self.first_chunk, self.bits, self.tokens_per_chunk, self.timestamp_ms, int(self.flags))
-            == (other.seq, other.first_chunk, other.bits, other.tokens_per_chunk, other.timestamp_ms, int(other.flags))
+            == (
+                other.seq,
+                other.first_chunk,
+                other.bits,
+                other.tokens_per_chunk,
+                other.timestamp_ms,
+                int(other.flags),
+            )
             and len(self.chunks) == len(other.chunks)
             and len(self.redundant) == len(other.redundant)
             and all(np.array_equal(a, b) for a, b in zip(self.chunks, other.chunks))
@@ -418,13 +447,17 @@ class AudioPacket:
     @classmethod
     def _parse_body(cls, body: bytes) -> AudioPacket:
         if len(body) < _AUDIO.size:
-            raise PacketError("bad_length", f"AUDIO body is {len(body)} bytes, shorter than its {_AUDIO.size}-byte header")
+            raise PacketError(
+                "bad_length", f"AUDIO body is {len(body)} bytes, shorter than its {_AUDIO.size}-byte header"
+            )
         seq, first, ts, bits, tpc, counts = _AUDIO.unpack_from(body)
         n, r, flags = counts & 0b111, (counts >> 3) & 0b11, counts >> 5
         _check_int(bits, "bits per token", 1, MAX_BITS)
         _check_int(tpc, "tokens per chunk", 1, 255)
         _check_int(n, "number of chunks", 1, MAX_CHUNKS)
-        _check_int(first, "first chunk index", r, _U32_MAX - n + 1)
+        _check_int(
+            first, f"first chunk index (with {r} redundant and {n} primary chunks)", r, _U32_MAX - n + 1
+        )
         cb = packed_size(tpc, bits)
         expected = _AUDIO.size + (n + r) * cb
         if len(body) != expected:
@@ -487,7 +520,8 @@ class Hello:
             object.__setattr__(self, name, _check_int(getattr(self, name), name, lo, hi))
         if not isinstance(self.model_hash, bytes) or len(self.model_hash) != MODEL_HASH_SIZE:
             raise PacketError(
-                "bad_field", f"model_hash must be {MODEL_HASH_SIZE} bytes (use model_hash_prefix), got {self.model_hash!r:.60}"
+                "bad_field",
+                f"model_hash must be {MODEL_HASH_SIZE} bytes (use model_hash_prefix), got {self.model_hash!r:.60}",
             )
         self._encoded_strings()
 
@@ -604,13 +638,9 @@ def check_compatible(local: Hello, remote: Hello) -> str | None:
     if remote.bits != local.bits:
         return f"{who} sends {remote.bits}-bit tokens but our model uses {local.bits}-bit tokens"
     if remote.token_rate_num * local.token_rate_den != local.token_rate_num * remote.token_rate_den:
-        return (
-            f"{who}'s codec runs at {_fmt_rate(remote)} tokens/s but ours at {_fmt_rate(local)} tokens/s"
-        )
+        return f"{who}'s codec runs at {_fmt_rate(remote)} tokens/s but ours at {_fmt_rate(local)} tokens/s"
     if remote.tokens_per_chunk != local.tokens_per_chunk:
-        return (
-            f"{who} streams chunks of {remote.tokens_per_chunk} tokens but we use {local.tokens_per_chunk}"
-        )
+        return f"{who} streams chunks of {remote.tokens_per_chunk} tokens but we use {local.tokens_per_chunk}"
     return None
 
 
@@ -742,7 +772,8 @@ class Text:
 Packet = AudioPacket | Hello | HelloAck | Ping | Pong | Heartbeat | Bye | Text
 
 _PARSERS = {
-    cls.PACKET_TYPE: cls._parse_body for cls in (AudioPacket, Hello, HelloAck, Ping, Pong, Heartbeat, Bye, Text)
+    cls.PACKET_TYPE: cls._parse_body
+    for cls in (AudioPacket, Hello, HelloAck, Ping, Pong, Heartbeat, Bye, Text)
 }
 
 
@@ -765,12 +796,16 @@ def parse_packet(data: bytes | bytearray | memoryview | str) -> Packet:
     data = bytes(data)
     size = len(data)
     if size > MAX_PACKET_SIZE:
-        raise PacketError("oversized", f"message is {size} bytes, larger than the {MAX_PACKET_SIZE}-byte maximum")
+        raise PacketError(
+            "oversized", f"message is {size} bytes, larger than the {MAX_PACKET_SIZE}-byte maximum"
+        )
     head = data[: len(MAGIC)]
     if head != MAGIC[: len(head)]:
         raise PacketError("bad_magic", f"not a FocalChat packet: starts with {head!r}, expected {MAGIC!r}")
     if size <= len(MAGIC):
-        raise PacketError("truncated", f"message is only {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise PacketError(
+            "truncated", f"message is only {size} bytes, shorter than the {HEADER_SIZE}-byte header"
+        )
     version = data[len(MAGIC)]
     if version != PROTOCOL_VERSION:
         raise PacketError(
@@ -778,17 +813,24 @@ def parse_packet(data: bytes | bytearray | memoryview | str) -> Packet:
             f"peer speaks FocalChat protocol version {version}, this build reads version {PROTOCOL_VERSION}",
         )
     if size < HEADER_SIZE:
-        raise PacketError("truncated", f"message is only {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+        raise PacketError(
+            "truncated", f"message is only {size} bytes, shorter than the {HEADER_SIZE}-byte header"
+        )
     _, _, ptype, length = _HEADER.unpack_from(data)
     parser = _PARSERS.get(ptype)  # type: ignore[call-overload]
     if parser is None:
         raise PacketError("bad_type", f"unknown packet type {ptype}")
     if not HEADER_SIZE <= length <= MAX_PACKET_SIZE:
-        raise PacketError("bad_length", f"impossible packet length field {length} (valid: {HEADER_SIZE}..{MAX_PACKET_SIZE})")
+        raise PacketError(
+            "bad_length", f"impossible packet length field {length} (valid: {HEADER_SIZE}..{MAX_PACKET_SIZE})"
+        )
     if length > size:
-        raise PacketError("truncated", f"{PacketType(ptype).name} packet declares {length} bytes but the message has {size}")
+        raise PacketError(
+            "truncated", f"{PacketType(ptype).name} packet declares {length} bytes but the message has {size}"
+        )
     if length < size:
         raise PacketError(
-            "bad_length", f"{PacketType(ptype).name} packet declares {length} bytes but the message has {size}"
+            "bad_length",
+            f"{PacketType(ptype).name} packet declares {length} bytes but the message has {size}",
         )
     return parser(data[HEADER_SIZE:])
