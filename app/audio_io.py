@@ -544,14 +544,17 @@ class SpeakerSink(_Closable):
     ``samplerate``: stream rate, None = device default (44.1 kHz for ALSA ``pulse``); equal to
     ``input_rate`` = no resampling. ``pulse_sink``: PulseAudio sink name (e.g. ``"spk_a"``).
     ``prebuffer_ms``: after start and after every underrun, stay silent until this much audio is buffered
-    (a minimal jitter cushion; 0 = play as soon as anything is there). ``gain``: linear output volume,
-    applied in ``write_chunk`` (so a change is heard after what is already buffered).
+    (0 = play as soon as anything is there). Chunks arrive 80 ms at a time, so a real jitter cushion needs
+    ``prebuffer_ms`` > 80, e.g. 100-120. ``gain``: linear output volume, applied in ``write_chunk`` (a change
+    is heard after what is already buffered). ``latency="high"`` (~40 ms with ALSA pulse) by default: "low"
+    (~20 ms) underruns at 44.1/48 kHz through the pulse plugin. The constructor returns once ``settle_ms`` of
+    silence has been played (audio handed over right at stream start is occasionally lost).
     """
 
     def __init__(self, device: int | str | None = None, samplerate: float | None = None, *,
                  pulse_sink: str | None = None, input_rate: int = DECODER_RATE, blocksize_ms: float = 10.0,
                  buffer_seconds: float = 2.0, prebuffer_ms: float = 0.0, gain: float = 1.0,
-                 channels: int = 1, latency: str | float = "high", quality: str = "HQ"):
+                 channels: int = 1, latency: str | float = "high", quality: str = "HQ", settle_ms: float = 100.0):
         sd = _sd()
         dev = find_device(device, "output")
         self.device = dev
@@ -569,6 +572,7 @@ class SpeakerSink(_Closable):
         self.underrun_frames = 0
         self._status_underflows = 0
         self._clear_request = False
+        self.frames_out = 0  # frames handed to PortAudio (silence included)
         self._wlock = threading.Lock()
         self._stream = None
         try:
@@ -581,11 +585,18 @@ class SpeakerSink(_Closable):
             self._close_stream()
             self._closed = True
             raise AudioDeviceError(f"cannot open output {dev.name!r} at {self.device_rate:g} Hz: {exc}") from None
+        # Let the stream settle: with the ALSA pulse plugin, audio handed over in the first few callbacks after
+        # start is occasionally lost (~2 ms seen). Wait until settle_ms of silence has gone out (max 1 s).
+        settle = self.device_rate * settle_ms / 1000.0 + self.device_rate * self.stream_latency_ms / 1000.0
+        deadline = time.monotonic() + 1.0
+        while self.frames_out < settle and time.monotonic() < deadline and self._stream.active:
+            time.sleep(0.005)
 
     # PortAudio thread: copy only.
     def _callback(self, outdata, frames, time_info, status) -> None:
         if status.output_underflow:
             self._status_underflows += 1
+        self.frames_out += frames
         rb = self._rb
         if self._clear_request:
             rb.clear()

@@ -20,6 +20,7 @@ holds a full float32 copy (peak memory = the converted model plus one layer).
 from __future__ import annotations
 
 import warnings
+import zlib
 from collections.abc import Callable
 
 import torch
@@ -122,28 +123,23 @@ def build(config: CodecConfig, mode: str = "fp32",
     """Build a model in ``mode`` one layer at a time.
 
     ``weights(key)`` returns the checkpoint tensor of a state-dict key (any float dtype); without it
-    the layers get their default random initialisation (seeded by ``seed``).
+    the layers get their default random initialisation, seeded per layer from ``seed`` and the layer's
+    name (so every mode of one seed has the same weights).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r} (known: {', '.join(MODES)})")
-    if weights is None and seed is not None:
-        torch.manual_seed(seed)
     with torch.device("meta"):
         model = FocalCodec(config)
     dtype = torch.bfloat16 if mode == "bf16" else torch.float32
-    # Largest layers first: the temporary float32 copy of a layer being quantised then sits on top of a
+    # Largest layers first: the temporary float32 copy of a layer being converted then sits on top of a
     # small model, which keeps the peak low. Names only, so that replaced layers are freed.
     sizes = {name: sum(p.numel() for _, p in _own_params(mod)) for name, mod in model.named_modules()}
-    names = sorted((n for n in sizes if sizes[n]), key=lambda n: -sizes[n]) if mode == "int8" else list(sizes)
+    names = sorted((n for n in sizes if sizes[n]), key=lambda n: -sizes[n])
     digests: dict[str, bytes] = {}
     for name in names:
         module = model.get_submodule(name)
         own = _own_params(module)
-        if not own:
-            continue
         module.to_empty(device="cpu", recurse=False)
-        if dtype != torch.float32:  # allocate in the target dtype: no float32 copy ever exists
-            module._apply(lambda t: t.to(dtype), recurse=False)
         with torch.no_grad():
             if weights is not None:
                 for pname, _ in own:
@@ -151,12 +147,16 @@ def build(config: CodecConfig, mode: str = "fp32",
                     src = weights(key)
                     digests[key] = tensor_digest(key, src)
                     getattr(module, pname).copy_(src)
-            else:
+            else:  # random init seeded per layer: the same weights in every mode and build order
+                if seed is not None:
+                    torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
                 if hasattr(module, "reset_parameters"):
                     module.reset_parameters()
                 for pname, _ in own:
                     key = f"{name}.{pname}" if name else pname
                     digests[key] = tensor_digest(key, getattr(module, pname))
+            if dtype != torch.float32:
+                module._apply(lambda t: t.to(dtype), recurse=False)
             if mode == "int8":  # quantise this layer now: at most one float32 layer exists at a time
                 new = quantize_module(module)
                 if new is not None:

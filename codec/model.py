@@ -37,7 +37,7 @@ _ONESHOT_SEGMENT_CHUNKS = 64
 def tensor_digest(key: str, tensor: Tensor) -> bytes:
     """sha256 of a state-dict key and the tensor's float32 bytes."""
     h = hashlib.sha256(key.encode())
-    h.update(tensor.detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    h.update(tensor.detach().to(torch.float32).contiguous().cpu().numpy())  # buffer protocol: no copy
     return h.digest()
 
 
