@@ -115,11 +115,10 @@ def _compile(m):
     import torch
 
     from .focal import ChunkFeedForward
-    from .focal import FeedForward as FocalFF
-    from .wavlm import FeedForward as WavLMFF
+    from .layers import FeedForward
 
     for mod in m.modules():
-        if isinstance(mod, (FocalFF, WavLMFF, ChunkFeedForward)):
+        if isinstance(mod, (FeedForward, ChunkFeedForward)):
             mod.forward = torch.compile(mod.forward, dynamic=False)
     return m
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocalDecoderConfig, FocalEncoderConfig
-from .layers import Conv1d, ConvTranspose1d
+from .layers import Conv1d, ConvTranspose1d, FeedForward
 from .stream import with_left_context
 
 # Per-block state: one left context per focal level plus one for the global conv.
@@ -47,16 +47,6 @@ class Snake1d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.in_proj = nn.Linear(dim, ffn_dim)
-        self.out_proj = nn.Linear(ffn_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(F.gelu(self.in_proj(x)))
 
 
 class FocalModulation(nn.Module):

@@ -18,6 +18,18 @@ from torch import Tensor, nn
 MATMUL_MAX_FRAMES = 64
 
 
+class FeedForward(nn.Module):
+    """Linear(dim -> ffn_dim) -> GELU -> Linear(ffn_dim -> dim), over the last axis."""
+
+    def __init__(self, dim: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(dim, ffn_dim)
+        self.out_proj = nn.Linear(ffn_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_proj(F.gelu(self.in_proj(x)))
+
+
 def _unfold_cl(x: Tensor, kernel: int, stride: int) -> Tensor:
     """(B, C, T) -> (B, n, C * kernel): the receptive field of each output, channel-major like conv weights."""
     b, c, _ = x.shape

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
-from .layers import Conv1d
+from .layers import Conv1d, FeedForward
 from .stream import History, with_left_context
 
 
@@ -87,16 +87,6 @@ class PositionalConv(nn.Module):
         if self.kernel % 2 == 0:
             y = y[..., :-1]
         return F.gelu(y), None
-
-
-class FeedForward(nn.Module):
-    def __init__(self, dim: int, ffn_dim: int) -> None:
-        super().__init__()
-        self.in_proj = nn.Linear(dim, ffn_dim)
-        self.out_proj = nn.Linear(ffn_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(F.gelu(self.in_proj(x)))
 
 
 class GatedRelPosAttention(nn.Module):
