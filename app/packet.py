@@ -1,15 +1,25 @@
-"""The FocalChat data-channel wire format, protocol version 1.
+"""The FocalChat data-channel wire format, protocol version 2.
 
-Each WebRTC data-channel message is exactly one packet. Every packet starts
-with the same 6-byte header; all integers are big-endian (network order).
-Token payloads are packed MSB-first by :func:`codec.bitpack.pack_tokens`.
+Each WebRTC data-channel message is exactly one packet. All integers are
+big-endian (network order). Token payloads are packed MSB-first by
+:func:`codec.bitpack.pack_tokens`. Every packet starts with the magic
+``b"FC"`` and a frame version byte; there are two frame layouts:
 
-Common header (every packet)::
+* frame version 1, the **framed** packets: every type (AUDIO, HELLO, ...)
+  with the 6-byte common header below;
+* frame version 2, the **compact AUDIO** frame (:class:`CompactAudioPacket`,
+  an 8-byte header, see below), for low-bandwidth calls.
+
+Protocol version 2 (what HELLO announces, :data:`PROTOCOL_VERSION`) means:
+reads and writes both frame layouts. Protocol 1 builds only knew frame 1; the
+HELLO check refuses them with a clear message on both sides.
+
+Common header (every frame version 1 packet)::
 
     offset  size  type   field
     ------  ----  -----  ----------------------------------------------------
          0     2  bytes  magic b"FC"
-         2     1  u8     protocol version (= 1)
+         2     1  u8     frame version (= 1, :data:`FRAME_VERSION`)
          3     1  u8     packet type (:class:`PacketType`)
          4     2  u16    total packet length L in bytes, header included
          6   L-6  bytes  body (layout depends on the type, see below)
@@ -42,6 +52,35 @@ Overhead per AUDIO packet: :data:`AUDIO_HEADER_SIZE` = 21 bytes (6 common +
 15 audio), whatever n and r; redundancy costs r*cb bytes more. Packet sizes:
 :func:`audio_packet_size`.
 
+Compact AUDIO (frame version 2). The data channel keeps message boundaries,
+so no length field; bits per token and tokens per chunk are fixed by the HELLO
+handshake, so not repeated (a reader needs the negotiated
+:class:`AudioGeometry`); the sequence number is the first chunk index; the
+timestamp is the media clock ``first_chunk * chunk duration`` (RFC 3550
+style, what the jitter estimate needs), so not sent either::
+
+    offset  size  type   field
+    ------  ----  -----  ----------------------------------------------------
+         0     2  bytes  magic b"FC"
+         2     1  u8     frame version (= 2)
+         3     1  u8     bits 0-2: n - 1, n = number of primary chunks (1..8)
+                         bits 3-4: r, number of redundant chunks (0..3)
+                         bit 5:    E, an RTT echo follows the first chunk index
+                         bits 6-7: flags SILENCE (bit 6), TALKSPURT_START (bit 7)
+         4     4  u32    first chunk index F (as in AUDIO)
+     [   8     2  u16    echo: low 16 bits of the first chunk index of the
+                         latest packet received from the peer      (E only)
+        10     1  u8     hold: ms between receiving that packet and sending
+                         this one, in units of 4 ms, rounded down  (E only) ]
+     8/11  r*cb  bytes  redundant chunks F-r .. F-1, then n*cb bytes primary
+                         chunks F .. F+n-1 (as in AUDIO)
+
+The message must be exactly ``8 (+3 with E) + (r + n) * cb`` bytes: shorter is
+``truncated``, longer ``bad_length``. Overhead: :data:`COMPACT_AUDIO_HEADER_SIZE`
+= 8 bytes (11 with an echo) instead of 21. The sender of an echo keeps the send
+times of its last packets by first chunk index, so RTT = now - sent - hold
+(an overestimate by less than 4 ms): no PING/PONG needed while audio flows.
+
 HELLO (type 2), sent by both sides when the channel opens; ``a``, ``m``, ``k``
 are the UTF-8 byte lengths of the strings::
 
@@ -52,7 +91,8 @@ are the UTF-8 byte lengths of the strings::
          8     2  u16    token rate numerator (tokens/s = num/den, e.g. 50/1)
         10     2  u16    token rate denominator
         12     1  u8     tokens per chunk (1..255)
-        13     1  u8     chunks per packet the sender uses (1..4)
+        13     1  u8     chunks per packet the sender uses (1..8; 5..8 only
+                         with compact AUDIO frames)
         14     1  u8     redundancy (redundant chunks per packet) it uses (0..3)
         15     4  u32    encoder input sample rate in Hz
         19     4  u32    decoder output sample rate in Hz
@@ -77,6 +117,7 @@ Other types (a string that ends the body takes all bytes up to L)::
 other exception, for every malformed message; ``.kind`` says what is wrong:
 
     ``truncated``    the message is shorter than its header or than its length field
+                     (compact AUDIO: than its chunk counts imply)
     ``bad_magic``    not a FocalChat packet (wrong magic; also a text message)
     ``bad_version``  a FocalChat packet of a protocol version this build cannot read
     ``bad_type``     unknown packet type
@@ -84,7 +125,8 @@ other exception, for every malformed message; ``.kind`` says what is wrong:
                      smaller than the message, or the body size does not match its
                      fields (inner length prefixes, chunk counts)
     ``bad_field``    a field value is out of range, a string is not valid UTF-8 or
-                     has forbidden characters, padding bits are not zero
+                     has forbidden characters, padding bits are not zero; also a
+                     compact AUDIO frame parsed without an :class:`AudioGeometry`
     ``oversized``    the message is longer than :data:`MAX_PACKET_SIZE`
 
 Constructing a packet object with invalid values raises ``PacketError("bad_field")``
@@ -104,18 +146,26 @@ from codec.bitpack import MAX_BITS, pack_tokens, packed_size, unpack_tokens
 
 __all__ = [
     "AUDIO_HEADER_SIZE",
+    "COMPACT_AUDIO_HEADER_SIZE",
+    "COMPACT_ECHO_SIZE",
+    "COMPACT_FRAME_VERSION",
+    "ECHO_HOLD_UNIT_MS",
     "ERROR_KINDS",
+    "FRAME_VERSION",
     "HEADER_SIZE",
     "MAGIC",
     "MAX_CHUNKS",
+    "MAX_COMPACT_CHUNKS",
     "MAX_PACKET_SIZE",
     "MAX_REDUNDANT",
     "MAX_TEXT_BYTES",
     "MODEL_HASH_SIZE",
     "PROTOCOL_VERSION",
     "AudioFlags",
+    "AudioGeometry",
     "AudioPacket",
     "Bye",
+    "CompactAudioPacket",
     "Heartbeat",
     "Hello",
     "HelloAck",
@@ -127,19 +177,35 @@ __all__ = [
     "Text",
     "audio_packet_size",
     "check_compatible",
+    "compact_audio_packet_size",
+    "is_audio",
     "model_hash_prefix",
     "parse_packet",
 ]
 
 MAGIC = b"FC"
-PROTOCOL_VERSION = 1
+#: The protocol this build speaks (announced in HELLO): frame versions 1 and 2.
+PROTOCOL_VERSION = 2
+#: Frame version byte of the framed packets (all types, common 6-byte header).
+FRAME_VERSION = 1
+#: Frame version byte of the compact AUDIO frame.
+COMPACT_FRAME_VERSION = 2
 #: Size of the common header (magic, version, type, length).
 HEADER_SIZE = 6
 #: Largest message accepted or produced. The largest valid packet (AUDIO with
 #: 4 + 3 chunks of 255 32-bit tokens) is 7161 bytes.
 MAX_PACKET_SIZE = 8192
+#: Primary chunks in a framed AUDIO packet.
 MAX_CHUNKS = 4
+#: Primary chunks in a compact AUDIO frame.
+MAX_COMPACT_CHUNKS = 8
 MAX_REDUNDANT = 3
+#: Compact AUDIO header without / extra with the RTT echo.
+COMPACT_AUDIO_HEADER_SIZE = 8
+COMPACT_ECHO_SIZE = 3
+#: Unit of the compact echo's hold time (u8: 0..1020 ms).
+ECHO_HOLD_UNIT_MS = 4
+MAX_ECHO_HOLD_MS = 255 * ECHO_HOLD_UNIT_MS
 MODEL_HASH_SIZE = 8
 MAX_APP_VERSION_BYTES = 64
 MAX_MODEL_ID_BYTES = 255
@@ -281,12 +347,20 @@ def _frame(ptype: PacketType, body: bytes) -> bytes:
     total = HEADER_SIZE + len(body)
     if total > MAX_PACKET_SIZE:
         raise PacketError("oversized", f"{ptype.name} packet would be {total} bytes, max {MAX_PACKET_SIZE}")
-    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, int(ptype), total) + body
+    return _HEADER.pack(MAGIC, FRAME_VERSION, int(ptype), total) + body
 
 
 def audio_packet_size(n: int, r: int = 0, bits: int = 12, tokens_per_chunk: int = 4) -> int:
     """Size in bytes of an AUDIO packet with ``n`` primary and ``r`` redundant chunks."""
     return AUDIO_HEADER_SIZE + (n + r) * packed_size(tokens_per_chunk, bits)
+
+
+def compact_audio_packet_size(
+    n: int, r: int = 0, bits: int = 12, tokens_per_chunk: int = 4, *, echo: bool = False
+) -> int:
+    """Size in bytes of a compact AUDIO frame with ``n`` primary and ``r`` redundant chunks."""
+    head = COMPACT_AUDIO_HEADER_SIZE + (COMPACT_ECHO_SIZE if echo else 0)
+    return head + (n + r) * packed_size(tokens_per_chunk, bits)
 
 
 def model_hash_prefix(fingerprint: str | bytes) -> bytes:
@@ -465,14 +539,248 @@ class AudioPacket:
                 "bad_length",
                 f"AUDIO body is {len(body)} bytes but {n}+{r} chunks of {tpc} {bits}-bit tokens need {expected}",
             )
-        pad_mask = (1 << (cb * 8 - tpc * bits)) - 1
-        arrays = []
-        for i in range(n + r):
-            off = _AUDIO.size + i * cb
-            if body[off + cb - 1] & pad_mask:
-                raise PacketError("bad_field", f"AUDIO chunk {i} has non-zero padding bits")
-            arrays.append(unpack_tokens(body[off : off + cb], bits, tpc))
+        arrays = _unpack_chunks(body, _AUDIO.size, n + r, bits, tpc, "AUDIO")
         return cls(seq, first, bits, tpc, arrays[r:], arrays[:r], ts, flags)
+
+
+def _unpack_chunks(data: bytes, offset: int, count: int, bits: int, tpc: int, what: str) -> list[np.ndarray]:
+    """``count`` separately packed chunks from ``data[offset:]`` (the size was checked by the caller)."""
+    cb = packed_size(tpc, bits)
+    pad_mask = (1 << (cb * 8 - tpc * bits)) - 1
+    arrays = []
+    for i in range(count):
+        off = offset + i * cb
+        if data[off + cb - 1] & pad_mask:
+            raise PacketError("bad_field", f"{what} chunk {i} has non-zero padding bits")
+        arrays.append(unpack_tokens(data[off : off + cb], bits, tpc))
+    return arrays
+
+
+# --------------------------------------------------------------------------- compact AUDIO (frame version 2)
+
+_COMPACT = struct.Struct(">2sBBI")  # magic, frame version, counts, first chunk
+_ECHO = struct.Struct(">HB")  # echoed chunk index (low 16 bits), hold in 4 ms units
+_ECHO_BIT = 1 << 5
+_COMPACT_FLAG_SHIFT = 6
+_COMPACT_FLAGS = int(AudioFlags.SILENCE | AudioFlags.TALKSPURT_START)
+
+
+@dataclass(frozen=True)
+class AudioGeometry:
+    """What the HELLO handshake fixed and compact AUDIO frames do not repeat: bits per token, tokens per
+    chunk and the chunk duration (for the media-clock timestamp). Both sides of an accepted call have the
+    same geometry (:func:`check_compatible`), so a receiver passes its own."""
+
+    bits: int
+    tokens_per_chunk: int
+    chunk_ms: float = 80.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bits", _check_int(self.bits, "bits per token", 1, MAX_BITS))
+        object.__setattr__(
+            self, "tokens_per_chunk", _check_int(self.tokens_per_chunk, "tokens per chunk", 1, 255)
+        )
+        try:
+            ok = float(self.chunk_ms) > 0 and float(self.chunk_ms) < 1e6
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PacketError("bad_field", f"chunk duration must be > 0 ms, got {self.chunk_ms!r:.40}")
+        object.__setattr__(self, "chunk_ms", float(self.chunk_ms))
+
+    @classmethod
+    def from_hello(cls, hello: Hello) -> AudioGeometry:
+        return cls(hello.bits, hello.tokens_per_chunk, hello.chunk_duration_s * 1000.0)
+
+    @property
+    def chunk_bytes(self) -> int:
+        return packed_size(self.tokens_per_chunk, self.bits)
+
+
+@dataclass(eq=False)
+class CompactAudioPacket:
+    """AUDIO in the compact frame (frame version 2, see the module docstring).
+
+    Used like :class:`AudioPacket` (``first_chunk``, ``chunks``, ``redundant``, ``iter_chunks()``,
+    ``silence``, ``talkspurt_start``, ``timestamp_ms``, ``seq``, ``bits``, ``tokens_per_chunk``), so the
+    jitter buffer takes either. ``seq`` is the first chunk index and ``timestamp_ms`` the media clock
+    ``round(first_chunk * chunk_ms)`` (u32, wraps): neither is on the wire. ``echo_chunk`` / ``echo_hold_ms``:
+    the optional RTT echo (``echo_hold_ms`` a multiple of :data:`ECHO_HOLD_UNIT_MS`, 0 without an echo).
+    """
+
+    PACKET_TYPE: ClassVar[PacketType] = PacketType.AUDIO
+
+    first_chunk: int
+    geometry: AudioGeometry
+    chunks: list[np.ndarray]
+    redundant: list[np.ndarray] = field(default_factory=list)
+    flags: int = 0
+    echo_chunk: int | None = None
+    echo_hold_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if not isinstance(self.geometry, AudioGeometry):
+            raise PacketError("bad_field", f"geometry must be an AudioGeometry, got {self.geometry!r:.60}")
+        self.flags = AudioFlags(_check_int(self.flags, "flags", 0, _COMPACT_FLAGS))
+        if self.echo_chunk is None:
+            if self.echo_hold_ms != 0:
+                raise PacketError("bad_field", "echo_hold_ms must be 0 without an echo")
+        else:
+            self.echo_chunk = _check_int(self.echo_chunk, "echoed chunk index", 0, _U16_MAX)
+            self.echo_hold_ms = _check_int(self.echo_hold_ms, "echo hold time", 0, MAX_ECHO_HOLD_MS)
+            if self.echo_hold_ms % ECHO_HOLD_UNIT_MS:
+                raise PacketError(
+                    "bad_field", f"echo hold time must be a multiple of {ECHO_HOLD_UNIT_MS} ms, got {self.echo_hold_ms}"
+                )
+        if isinstance(self.chunks, np.ndarray) or not isinstance(self.chunks, (list, tuple)):
+            raise PacketError("bad_field", "chunks must be a list of token arrays")
+        if isinstance(self.redundant, np.ndarray) or not isinstance(self.redundant, (list, tuple)):
+            raise PacketError("bad_field", "redundant must be a list of token arrays")
+        n, r = len(self.chunks), len(self.redundant)
+        if not 1 <= n <= MAX_COMPACT_CHUNKS:
+            raise PacketError(
+                "bad_field", f"a compact AUDIO frame carries 1..{MAX_COMPACT_CHUNKS} chunks, got {n}"
+            )
+        if r > MAX_REDUNDANT:
+            raise PacketError(
+                "bad_field", f"a compact AUDIO frame carries 0..{MAX_REDUNDANT} redundant chunks, got {r}"
+            )
+        self.first_chunk = _check_int(
+            self.first_chunk,
+            f"first chunk index (with {r} redundant and {n} primary chunks)",
+            r,
+            _U32_MAX - n + 1,
+        )
+        bits, tpc = self.geometry.bits, self.geometry.tokens_per_chunk
+        self.chunks = [
+            _as_chunk(c, bits, tpc, f"chunk {self.first_chunk + i}") for i, c in enumerate(self.chunks)
+        ]
+        self.redundant = [
+            _as_chunk(c, bits, tpc, f"redundant chunk {self.first_chunk - r + i}")
+            for i, c in enumerate(self.redundant)
+        ]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompactAudioPacket):
+            return NotImplemented
+        return (
+            (self.first_chunk, self.geometry, int(self.flags), self.echo_chunk, self.echo_hold_ms)
+            == (other.first_chunk, other.geometry, int(other.flags), other.echo_chunk, other.echo_hold_ms)
+            and len(self.chunks) == len(other.chunks)
+            and len(self.redundant) == len(other.redundant)
+            and all(np.array_equal(a, b) for a, b in zip(self.chunks, other.chunks))
+            and all(np.array_equal(a, b) for a, b in zip(self.redundant, other.redundant))
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    # --- the AudioPacket interface
+    @property
+    def seq(self) -> int:
+        return self.first_chunk
+
+    @property
+    def bits(self) -> int:
+        return self.geometry.bits
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.geometry.tokens_per_chunk
+
+    @property
+    def timestamp_ms(self) -> int:
+        """The media clock of the first primary chunk in ms (u32, wraps)."""
+        return int(round(self.first_chunk * self.geometry.chunk_ms)) & _U32_MAX
+
+    @property
+    def chunk_bytes(self) -> int:
+        return self.geometry.chunk_bytes
+
+    @property
+    def has_echo(self) -> bool:
+        return self.echo_chunk is not None
+
+    @property
+    def size(self) -> int:
+        """Encoded size in bytes."""
+        return compact_audio_packet_size(
+            len(self.chunks), len(self.redundant), self.bits, self.tokens_per_chunk, echo=self.has_echo
+        )
+
+    @property
+    def silence(self) -> bool:
+        return bool(self.flags & AudioFlags.SILENCE)
+
+    @property
+    def talkspurt_start(self) -> bool:
+        return bool(self.flags & AudioFlags.TALKSPURT_START)
+
+    def iter_chunks(self) -> list[tuple[int, np.ndarray, bool]]:
+        """``(chunk_index, tokens, is_redundant)`` for every chunk, oldest first."""
+        r = len(self.redundant)
+        out = [(self.first_chunk - r + i, c, True) for i, c in enumerate(self.redundant)]
+        out += [(self.first_chunk + i, c, False) for i, c in enumerate(self.chunks)]
+        return out
+
+    def encode(self) -> bytes:
+        self._validate()
+        n, r = len(self.chunks), len(self.redundant)
+        counts = (n - 1) | (r << 3) | (int(self.flags) << _COMPACT_FLAG_SHIFT)
+        echo = b""
+        if self.echo_chunk is not None:
+            counts |= _ECHO_BIT
+            echo = _ECHO.pack(self.echo_chunk, self.echo_hold_ms // ECHO_HOLD_UNIT_MS)
+        payload = b"".join(pack_tokens(c, self.bits) for c in [*self.redundant, *self.chunks])
+        data = _COMPACT.pack(MAGIC, COMPACT_FRAME_VERSION, counts, self.first_chunk) + echo + payload
+        if len(data) > MAX_PACKET_SIZE:
+            raise PacketError("oversized", f"compact AUDIO frame would be {len(data)} bytes, max {MAX_PACKET_SIZE}")
+        return data
+
+    @classmethod
+    def _parse(cls, data: bytes, geometry: AudioGeometry | None) -> CompactAudioPacket:
+        if len(data) < COMPACT_AUDIO_HEADER_SIZE:
+            raise PacketError(
+                "truncated",
+                f"compact AUDIO frame is {len(data)} bytes, shorter than its {COMPACT_AUDIO_HEADER_SIZE}-byte header",
+            )
+        if geometry is None:
+            raise PacketError(
+                "bad_field",
+                "a compact AUDIO frame can only be read with the negotiated geometry (bits, tokens per chunk)",
+            )
+        _, _, counts, first = _COMPACT.unpack_from(data)
+        n, r = (counts & 0b111) + 1, (counts >> 3) & 0b11
+        flags = counts >> _COMPACT_FLAG_SHIFT
+        head = COMPACT_AUDIO_HEADER_SIZE
+        echo_chunk, hold = None, 0
+        if counts & _ECHO_BIT:
+            head += COMPACT_ECHO_SIZE
+            if len(data) < head:
+                raise PacketError(
+                    "truncated", f"compact AUDIO frame is {len(data)} bytes, shorter than its {head}-byte header"
+                )
+            echo_chunk, units = _ECHO.unpack_from(data, COMPACT_AUDIO_HEADER_SIZE)
+            hold = units * ECHO_HOLD_UNIT_MS
+        _check_int(
+            first, f"first chunk index (with {r} redundant and {n} primary chunks)", r, _U32_MAX - n + 1
+        )
+        expected = head + (n + r) * geometry.chunk_bytes
+        if len(data) != expected:
+            raise PacketError(
+                "truncated" if len(data) < expected else "bad_length",
+                f"compact AUDIO frame is {len(data)} bytes but {n}+{r} chunks of {geometry.tokens_per_chunk} "
+                f"{geometry.bits}-bit tokens need {expected}",
+            )
+        arrays = _unpack_chunks(data, head, n + r, geometry.bits, geometry.tokens_per_chunk, "compact AUDIO")
+        return cls(first, geometry, arrays[r:], arrays[:r], flags, echo_chunk, hold)
+
+
+def is_audio(packet: object) -> bool:
+    """True for an AUDIO packet in either frame (:class:`AudioPacket`, :class:`CompactAudioPacket`)."""
+    return isinstance(packet, (AudioPacket, CompactAudioPacket))
 
 
 # --------------------------------------------------------------------------- HELLO / HELLO_ACK
@@ -498,7 +806,7 @@ class Hello:
     tokens_per_chunk: int = 4
     input_sample_rate: int = 16000
     output_sample_rate: int = 24000
-    #: Primary chunks per AUDIO packet the sender uses.
+    #: Primary chunks per AUDIO packet the sender uses (5..8 only in compact AUDIO frames).
     chunks_per_packet: int = 1
     #: Redundant chunks per AUDIO packet the sender uses.
     redundancy: int = 0
@@ -512,7 +820,7 @@ class Hello:
             ("token_rate_num", 1, _U16_MAX),
             ("token_rate_den", 1, _U16_MAX),
             ("tokens_per_chunk", 1, 255),
-            ("chunks_per_packet", 1, MAX_CHUNKS),
+            ("chunks_per_packet", 1, MAX_COMPACT_CHUNKS),
             ("redundancy", 0, MAX_REDUNDANT),
             ("input_sample_rate", 1, _U32_MAX),
             ("output_sample_rate", 1, _U32_MAX),
@@ -769,7 +1077,7 @@ class Text:
         return cls(message_id, _decode_str(rd.rest(), "text", MAX_TEXT_BYTES, _TEXT_CONTROLS))
 
 
-Packet = AudioPacket | Hello | HelloAck | Ping | Pong | Heartbeat | Bye | Text
+Packet = AudioPacket | CompactAudioPacket | Hello | HelloAck | Ping | Pong | Heartbeat | Bye | Text
 
 _PARSERS = {
     cls.PACKET_TYPE: cls._parse_body
@@ -780,19 +1088,27 @@ _PARSERS = {
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_packet(data: bytes | bytearray | memoryview | str) -> Packet:
+def parse_packet(
+    data: bytes | bytearray | memoryview | str, geometry: AudioGeometry | None = None
+) -> Packet:
     """Parse one data-channel message.
+
+    ``geometry``: the negotiated :class:`AudioGeometry`, needed to read compact AUDIO frames (without it they
+    are a ``bad_field``); framed packets do not need it.
 
     Raises:
         PacketError: for every malformed message (see the module docstring for
             the ``kind`` values). A ``str`` (a data-channel text message) is a
             ``bad_magic``: FocalChat packets are binary.
-        TypeError: if ``data`` is neither bytes-like nor a str (a programming error).
+        TypeError: if ``data`` is neither bytes-like nor a str, or ``geometry`` not an
+            :class:`AudioGeometry` (programming errors).
     """
     if isinstance(data, str):
         raise PacketError("bad_magic", "not a FocalChat packet: got a text message, packets are binary")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"parse_packet needs bytes, got {type(data).__name__}")
+    if geometry is not None and not isinstance(geometry, AudioGeometry):
+        raise TypeError(f"geometry must be an AudioGeometry, got {type(geometry).__name__}")
     data = bytes(data)
     size = len(data)
     if size > MAX_PACKET_SIZE:
@@ -807,10 +1123,13 @@ def parse_packet(data: bytes | bytearray | memoryview | str) -> Packet:
             "truncated", f"message is only {size} bytes, shorter than the {HEADER_SIZE}-byte header"
         )
     version = data[len(MAGIC)]
-    if version != PROTOCOL_VERSION:
+    if version == COMPACT_FRAME_VERSION:
+        return CompactAudioPacket._parse(data, geometry)
+    if version != FRAME_VERSION:
         raise PacketError(
             "bad_version",
-            f"peer speaks FocalChat protocol version {version}, this build reads version {PROTOCOL_VERSION}",
+            f"peer sends FocalChat frame version {version}, this build (protocol {PROTOCOL_VERSION}) "
+            f"reads frame versions {FRAME_VERSION} and {COMPACT_FRAME_VERSION}",
         )
     if size < HEADER_SIZE:
         raise PacketError(

@@ -30,7 +30,9 @@ Decisions (documented here because the GUI and CLI depend on them):
   by the session's own 80 ms clock from that moment; a microphone is flushed of stale audio first).
   AUDIO packets from a peer whose HELLO we have not accepted are dropped (counted as ``unexpected``).
 * **Liveness.** Every packet received counts as a sign of life. PING goes out every ``ping_interval_s``
-  (RTT from the PONG, smoothed as in RFC 6298); HEARTBEAT only when nothing else was sent for
+  (RTT from the PONG, smoothed as in RFC 6298; with ``rtt_echo_interval_s`` also from the echoes that compact
+  AUDIO frames carry, which is how :meth:`CallConfig.low_bandwidth` measures it without pings); HEARTBEAT
+  only when nothing else was sent for
   ``heartbeat_interval_s`` (so with pings every second it is rarely needed). Nothing received for
   ``dead_peer_timeout_s`` (3 s) -> :class:`PeerLost`. With ``end_on_peer_lost`` (default) the call then
   ends (a data channel cannot be resumed without new signaling); otherwise the session keeps waiting and
@@ -82,8 +84,14 @@ from app.conceal import StreamDecoder
 from app.jitter import JitterBuffer, PlayoutKind
 from app.netsim import NetSim
 from app.packet import (
+    ECHO_HOLD_UNIT_MS,
+    MAX_CHUNKS,
+    MAX_COMPACT_CHUNKS,
+    MAX_ECHO_HOLD_MS,
+    AudioGeometry,
     AudioPacket,
     Bye,
+    CompactAudioPacket,
     Heartbeat,
     Hello,
     HelloAck,
@@ -92,6 +100,7 @@ from app.packet import (
     Pong,
     Text,
     check_compatible,
+    is_audio,
     model_hash_prefix,
     parse_packet,
 )
@@ -110,6 +119,7 @@ from app.transport import (
     TransportFailed,
     TransportThread,
     allow_loopback_candidates,
+    sack_bytes_per_message,
     wire_bytes_per_message,
 )
 
@@ -170,9 +180,12 @@ class NetSimSettings:
 
 @dataclass(frozen=True)
 class CallConfig:
-    """Settings of one call (both sides choose their own; the peer adapts to our packetisation)."""
+    """Settings of one call (both sides choose their own; the peer adapts to our packetisation).
 
-    #: Primary chunks (80 ms each) per AUDIO packet, 1..4: latency vs wire cost.
+    Presets: :meth:`low_bandwidth` (at most 3 kbps on the wire per direction) and :meth:`low_latency`.
+    """
+
+    #: Primary chunks (80 ms each) per AUDIO packet, 1..4 (1..8 with ``compact_audio``): latency vs wire cost.
     chunks_per_packet: int = 1
     #: Previous chunks repeated in every AUDIO packet, 0..3 (recovers single packet losses).
     redundancy: int = 0
@@ -209,10 +222,49 @@ class CallConfig:
     limiter_ceiling: float = 0.97
     #: Name used in transport events and logs.
     name: str = "me"
+    #: Send AUDIO as compact frames (8-byte header instead of 21; :class:`app.packet.CompactAudioPacket`).
+    compact_audio: bool = False
+    #: Put an RTT echo on a compact AUDIO frame at most this often (0: never); RTT then needs no pings.
+    rtt_echo_interval_s: float = 0.0
+    #: How we acknowledge what we receive: "immediate" (stock aiortc), "delayed", "bundled" (app.transport).
+    sack_policy: str = "immediate"
+    #: Delayed-ack timer of the "delayed" / "bundled" SACK policies (0 < s <= 0.5).
+    sack_delay_s: float = 0.2
+
+    @classmethod
+    def low_bandwidth(cls, **overrides: Any) -> CallConfig:
+        """At most 3 kbps on the wire per direction (IPv4, both sides talking; measured on loopback with the
+        DTLS counters, see ``scripts/bench_wire.py``): 6 chunks (480 ms) per compact AUDIO frame, no
+        redundancy, SACKs bundled into our own packets (the 0.5 s delayed-ack timer outlasts our 480 ms
+        packet interval), RTT from echoes on the audio (one a second) instead of pings; heartbeats only go
+        out when no audio does (as always). The price is 400 ms more packetisation delay than one chunk per
+        packet. Every field can be overridden."""
+        fields: dict[str, Any] = dict(chunks_per_packet=6, redundancy=0, compact_audio=True,
+                                      sack_policy="bundled", sack_delay_s=0.5, ping_interval_s=0.0,
+                                      rtt_echo_interval_s=1.0)
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def low_latency(cls, **overrides: Any) -> CallConfig:
+        """Lowest delay: one chunk per packet, a jitter buffer that starts one chunk deep, and one redundant
+        chunk per packet (a single lost packet costs nothing). Every field can be overridden."""
+        fields: dict[str, Any] = dict(chunks_per_packet=1, jitter_initial_depth=1, redundancy=1)
+        fields.update(overrides)
+        return cls(**fields)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.chunks_per_packet <= 4:
-            raise ValueError(f"chunks_per_packet must be 1..4, got {self.chunks_per_packet}")
+        max_cpp = MAX_COMPACT_CHUNKS if self.compact_audio else MAX_CHUNKS
+        if not 1 <= self.chunks_per_packet <= max_cpp:
+            raise ValueError(f"chunks_per_packet must be 1..{max_cpp}"
+                             f"{'' if self.compact_audio else ' (1..8 with compact_audio)'}, "
+                             f"got {self.chunks_per_packet}")
+        if self.rtt_echo_interval_s < 0 or (self.rtt_echo_interval_s > 0 and not self.compact_audio):
+            raise ValueError("rtt_echo_interval_s must be >= 0, and > 0 only with compact_audio")
+        if self.sack_policy not in ("immediate", "delayed", "bundled"):
+            raise ValueError(f"sack_policy must be immediate, delayed or bundled, got {self.sack_policy!r}")
+        if not 0 < self.sack_delay_s <= 0.5:
+            raise ValueError("sack_delay_s must be in (0, 0.5] (RFC 4960 6.2)")
         if not 0 <= self.redundancy <= 3:
             raise ValueError(f"redundancy must be 0..3, got {self.redundancy}")
         if not 1 <= self.jitter_min_depth <= self.jitter_initial_depth <= self.jitter_max_depth:
@@ -484,6 +536,8 @@ class CallSession:
         self.bits = int(model.bits_per_token)
         self.tokens_per_chunk = int(model.tokens_per_chunk)
         self.chunk_s = model.chunk_size / model.sample_rate_input
+        # compact AUDIO frames leave these out: the handshake makes the peer's equal to ours
+        self.geometry = AudioGeometry(self.bits, self.tokens_per_chunk, self.chunk_s * 1000.0)
         rate = Fraction(float(model.config.token_rate)).limit_denominator(0xFFFF)
         cfg = self.config
         self.local_hello = Hello(
@@ -553,6 +607,10 @@ class CallSession:
         self._reset_decoder = False
         self._call_up_t: float | None = None
         self._call_base: tuple[float, tuple[float, ...]] | None = None  # counters when the call came up
+        # RTT echoes on compact AUDIO frames
+        self._echo_src: tuple[int, float] | None = None  # (low 16 bits of a received first chunk, when)
+        self._last_echo_sent = -math.inf
+        self._sent_at: dict[int, float] = {}  # low 16 bits of our first chunk -> when sent (last 64)
 
         # counters
         self._malformed: Counter[str] = Counter()
@@ -604,7 +662,8 @@ class CallSession:
         self._net = TransportThread(name=f"focalchat-net-{cfg.name}").start()
         self._transport = PeerTransport(name=cfg.name, thread=self._net, ice_servers=cfg.ice_servers,
                                         connect_timeout=cfg.connect_timeout_s, on_message=self._on_message,
-                                        on_event=self._on_transport_event)
+                                        on_event=self._on_transport_event, sack_policy=cfg.sack_policy,
+                                        sack_delay_s=cfg.sack_delay_s)
         self._encoder_thread = threading.Thread(target=self._encoder_main, name=f"focalchat-enc-{cfg.name}",
                                                 daemon=True)
         self._playout_thread = threading.Thread(target=self._playout_main, name=f"focalchat-play-{cfg.name}",
@@ -983,13 +1042,13 @@ class CallSession:
         if self._shutdown_started:
             return
         now = time.monotonic()
-        _, sack = wire_bytes_per_message(0)
+        sack = self._model_sack_bytes()
         dbytes, _ = wire_bytes_per_message(len(data))
         with self._lock:
-            self._model_wire_sent += sack  # aiortc SACKs every DATA packet
+            self._model_wire_sent += sack  # our acknowledgement of this DATA packet (SACK policy)
             self._model_wire_recv += dbytes
         try:
-            pkt = parse_packet(data)
+            pkt = parse_packet(data, self.geometry)
         except PacketError as exc:
             self._count_malformed(exc.kind)
             return
@@ -1011,8 +1070,19 @@ class CallSession:
         with self._lock:
             self._malformed[kind] += 1
 
+    def _model_sack_bytes(self) -> float:
+        """Modelled IP bytes we spend acknowledging one received DATA packet (app.transport model)."""
+        cfg = self.config
+        if cfg.sack_policy == "immediate":
+            return float(wire_bytes_per_message(0)[1])
+        peer = self._remote_hello
+        recv_cpp = peer.chunks_per_packet if peer is not None else cfg.chunks_per_packet
+        return sack_bytes_per_message(cfg.sack_policy, recv_interval_s=recv_cpp * self.chunk_s,
+                                      send_interval_s=cfg.chunks_per_packet * self.chunk_s,
+                                      sack_delay_s=cfg.sack_delay_s)
+
     def _dispatch(self, pkt: Any, now: float) -> None:
-        if isinstance(pkt, AudioPacket):
+        if is_audio(pkt):
             if pkt.bits != self.bits or pkt.tokens_per_chunk != self.tokens_per_chunk:
                 self._count_malformed("foreign")
                 return
@@ -1023,6 +1093,12 @@ class CallSession:
                 self.jitter.put_packet(pkt, now)
             with self._lock:
                 self._audio_packets_received += 1
+                if isinstance(pkt, CompactAudioPacket):
+                    self._echo_src = (pkt.first_chunk & 0xFFFF, now)
+                    sent = self._sent_at.get(pkt.echo_chunk) if pkt.echo_chunk is not None else None
+                    if sent is not None and (rtt := (now - sent) * 1000.0 - pkt.echo_hold_ms) >= 0:
+                        self._rtt_last_ms = rtt
+                        self._srtt_ms = rtt if self._srtt_ms is None else 0.875 * self._srtt_ms + 0.125 * rtt
         elif isinstance(pkt, Ping):
             self._send_control(pkt.reply(_now_us()).encode())
         elif isinstance(pkt, Pong):
@@ -1187,8 +1263,27 @@ class CallSession:
                     tpc: int, bits: int, t0: float) -> int:
         r = min(red, len(history), first)
         redundant = list(history)[len(history) - r:] if r else []
-        ts_ms = int((time.monotonic() - t0) * 1000) & 0xFFFFFFFF
-        pkt = AudioPacket(seq & 0xFFFFFFFF, first, bits, tpc, list(chunks), redundant, ts_ms)
+        cfg = self.config
+        if cfg.compact_audio:
+            now = time.monotonic()
+            echo, hold = None, 0
+            with self._lock:
+                src = self._echo_src
+                echo_due = cfg.rtt_echo_interval_s > 0 and now - self._last_echo_sent >= cfg.rtt_echo_interval_s
+                if echo_due and src is not None:
+                    held = int((now - src[1]) * 1000.0) // ECHO_HOLD_UNIT_MS * ECHO_HOLD_UNIT_MS  # rounded down
+                    if held <= MAX_ECHO_HOLD_MS:
+                        echo, hold = src[0], held
+                        self._last_echo_sent = now
+                        self._echo_src = None  # each received packet is echoed at most once
+                self._sent_at[first & 0xFFFF] = now
+                if len(self._sent_at) > 64:
+                    del self._sent_at[next(iter(self._sent_at))]
+            pkt: AudioPacket | CompactAudioPacket = CompactAudioPacket(first, self.geometry, list(chunks), redundant,
+                                                                      echo_chunk=echo, echo_hold_ms=hold)
+        else:
+            ts_ms = int((time.monotonic() - t0) * 1000) & 0xFFFFFFFF
+            pkt = AudioPacket(seq & 0xFFFFFFFF, first, bits, tpc, list(chunks), redundant, ts_ms)
         data = pkt.encode()
         with self._lock:
             self._audio_packets_sent += 1

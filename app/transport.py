@@ -46,6 +46,27 @@ An 8-byte packet every 80 ms therefore costs 101 B one way + 93 B back = 194 B p
 upstream and 9.3 kbps downstream; in a two-way call each direction carries its own DATA plus the SACKs for the
 other side's: about 19.4 kbps each way. ICE consent checks (STUN, every ~5 s) are not in the DTLS counters.
 :func:`wire_bytes_per_message` is this model; :attr:`TransportStats.wire` has the measured counters.
+
+SCTP acknowledgement policy (``PeerTransport(sack_policy=...)``; see :func:`install_sack_policy`):
+
+* ``"immediate"`` (default): stock aiortc, one SACK packet per DATA packet received.
+* ``"delayed"``: RFC 4960 section 6.2 delayed SACK: acknowledge at least every second DATA packet, and
+  otherwise when the delayed-ack timer (``sack_delay_s``, default 200 ms, at most 500 ms) fires; at once
+  when a packet shows a gap or a duplicate.
+* ``"bundled"``: delayed, and a pending SACK rides in the next outgoing packet that carries DATA (or
+  FORWARD TSN) instead of a packet of its own (RFC 4960 section 6.10: control chunks first). In a two-way
+  call where each side sends within the delay, every SACK costs 16 bytes instead of a 93-byte packet. To get
+  there when both sides send at the same rate (send-time jitter then often lets two of the peer's packets in
+  before our next one), the "every second packet" rule (a SHOULD) is relaxed to every
+  :data:`BUNDLED_ACK_EVERY` packets; the timer (the MUST) still bounds every SACK's delay.
+
+The policy is a per-connection patch of aiortc internals (the instance's class is swapped for a subclass of
+``RTCSctpTransport``), checked against :data:`SACK_PATCH_VERIFIED_AIORTC`: another aiortc release makes
+``PeerTransport`` refuse a non-immediate policy with a :class:`TransportError` instead of misbehaving
+silently. The peer needs no patch: a stock aiortc parses bundled packets (``parse_packet`` loops over
+chunks) and its retransmission timer (RTO at least 1 s) never fires on a SACK delayed by at most 500 ms;
+with ``maxRetransmits=0`` a late SACK only delays the growth of the congestion window, which a few small
+messages in flight never fill.
 """
 
 from __future__ import annotations
@@ -55,7 +76,9 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import math
 import queue
+import struct
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -63,7 +86,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aioice.ice
+import aiortc
+import aiortc.rtcsctptransport as _sctp_mod
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcsctptransport import RTCSctpTransport
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +122,298 @@ def wire_bytes_per_message(payload_len: int, *, ipv6: bool = False) -> tuple[int
     return data, sack
 
 
+def sack_bytes_per_message(
+    policy: str,
+    *,
+    recv_interval_s: float,
+    send_interval_s: float | None = None,
+    sack_delay_s: float | None = None,
+    ipv6: bool = False,
+) -> float:
+    """Modelled IP-level bytes this side spends acknowledging one DATA packet it receives.
+
+    ``recv_interval_s``: time between the peer's packets; ``send_interval_s``: between ours (None: we send
+    nothing). ``immediate``: one SACK packet each. ``delayed``: a SACK packet per packet when they come further
+    apart than the delay, else one per :data:`DELAYED_ACK_EVERY`. ``bundled``: a SACK chunk (16 bytes) in our
+    next DATA packet, one per packet of ours, when that leaves within the delay (with both sides' packets
+    evenly spaced, a fraction ``delay / send_interval`` of them); otherwise a SACK packet when the timer fires
+    or :data:`BUNDLED_ACK_EVERY` packets are unacknowledged. Losses (gap reports) are not modelled.
+    """
+    _, sack_packet = wire_bytes_per_message(0, ipv6=ipv6)
+    if policy == "immediate":
+        return float(sack_packet)
+    if policy not in SACK_POLICIES:
+        raise ValueError(f"sack_policy must be one of {SACK_POLICIES}, got {policy!r}")
+    delay = DEFAULT_SACK_DELAY if sack_delay_s is None else sack_delay_s
+    every = DELAYED_ACK_EVERY if policy == "delayed" else BUNDLED_ACK_EVERY
+    # a SACK packet when the timer (started by the first unacknowledged packet) fires or `every` packets came
+    covered = min(every, 1 + math.floor(delay / recv_interval_s + 1e-9)) if recv_interval_s > 0 else every
+    standalone = sack_packet / covered
+    if policy == "delayed" or send_interval_s is None or send_interval_s <= 0:
+        return standalone
+    share = min(1.0, delay / send_interval_s)  # our next packet leaves before the timer fires
+    bundled = SCTP_SACK_CHUNK * min(1.0, recv_interval_s / send_interval_s)  # one SACK chunk per packet of ours
+    return share * bundled + (1.0 - share) * standalone
+
+
 class TransportError(RuntimeError):
     """A transport operation failed (bad SDP, wrong call order, closed transport...)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SCTP acknowledgement policy: an opt-in, per-connection patch of aiortc's RTCSctpTransport
+# ---------------------------------------------------------------------------------------------------------------
+SACK_POLICIES = ("immediate", "delayed", "bundled")
+DEFAULT_SACK_DELAY = 0.2
+#: RFC 4960 section 6.2: an acknowledgement MUST NOT be delayed by more than 500 ms.
+MAX_SACK_DELAY = 0.5
+#: aiortc releases (major.minor) whose RTCSctpTransport internals the SACK patch was checked against.
+SACK_PATCH_VERIFIED_AIORTC = ("1.16",)
+#: A pending SACK is bundled only if the SCTP packet stays this small (aiortc's DATA fragments are <= 1200).
+MAX_BUNDLED_SCTP_PACKET = 1200
+#: "delayed" acknowledges at least every second DATA packet (RFC 4960 6.2, a SHOULD); "bundled" lets a SACK
+#: wait for our next outgoing DATA (or the timer) until this many packets are unacknowledged.
+DELAYED_ACK_EVERY = 2
+BUNDLED_ACK_EVERY = 4
+
+# what the patch uses of aiortc: methods it overrides or calls, and instance attributes it reads
+_SCTP_METHODS = ("_handle_data", "_send_sack", "_send_chunk", "_receive_data_chunk", "_receive_forward_tsn_chunk",
+                 "_set_state")
+_SCTP_ATTRIBUTES = ("_sack_needed", "_sack_duplicates", "_sack_misordered", "_association_state", "_local_port",
+                    "_remote_port", "_remote_verification_tag", "_loop")
+_SCTP_MODULE_NAMES = ("DataChunk", "ForwardTsnChunk", "SackChunk", "crc32c", "parse_packet")
+
+
+def sack_patch_problem() -> str | None:
+    """Why the SACK policy patch cannot be used with the installed aiortc (None: it can)."""
+    version = getattr(aiortc, "__version__", "?")
+    if ".".join(version.split(".")[:2]) not in SACK_PATCH_VERIFIED_AIORTC:
+        return (
+            f"sack_policy other than 'immediate' patches aiortc internals checked with aiortc "
+            f"{', '.join(SACK_PATCH_VERIFIED_AIORTC)}.x, but aiortc {version} is installed: re-check "
+            "app/transport.py (_PolicySctpTransport) against it and extend SACK_PATCH_VERIFIED_AIORTC, "
+            "or use sack_policy='immediate'"
+        )
+    missing = [m for m in _SCTP_METHODS if not callable(getattr(RTCSctpTransport, m, None))]
+    missing += [n for n in _SCTP_MODULE_NAMES if not hasattr(_sctp_mod, n)]
+    if missing:
+        return f"aiortc {version} lacks what the SACK policy patch needs: {', '.join(missing)}"
+    try:  # the patch defers the SACK that _handle_data sends through _send_sack
+        source = inspect.getsource(RTCSctpTransport._handle_data)
+    except (OSError, TypeError):
+        source = None
+    if source is not None and "self._send_sack()" not in source:
+        return f"aiortc {version}: RTCSctpTransport._handle_data no longer sends SACKs through _send_sack"
+    return None
+
+
+def serialize_bundled_packet(
+    source_port: int, destination_port: int, verification_tag: int, chunks: Sequence[Any]
+) -> bytes:
+    """One SCTP packet with several chunks (RFC 4960 section 3): the common header, then every chunk padded
+    to 4 bytes (aiortc's ``bytes(chunk)`` pads), CRC32c over the whole packet with the checksum field zeroed.
+    aiortc's own ``serialize_packet`` takes one chunk; its ``parse_packet`` reads any number."""
+    if not chunks:
+        raise ValueError("an SCTP packet needs at least one chunk")
+    header = struct.pack("!HHL", source_port, destination_port, verification_tag)
+    body = b"".join(bytes(c) for c in chunks)
+    checksum = _sctp_mod.crc32c(header + b"\x00\x00\x00\x00" + body)
+    return header + struct.pack("<L", checksum) + body
+
+
+@dataclass(frozen=True)
+class SackStats:
+    """What the SACK policy patch did on this connection (acknowledgements this side sent)."""
+
+    policy: str
+    delay_s: float
+    standalone: int  # SACKs in packets of their own (timer, every Nth packet, gaps, duplicates...)
+    bundled: int  # SACKs that rode in a packet with DATA or FORWARD TSN
+    timer: int  # standalone SACKs sent because the delayed-ack timer fired
+    forced: int  # standalone SACKs sent at once: a 2nd (bundled: 4th) unacknowledged packet, a gap, a duplicate
+
+
+class _PolicySctpTransport(RTCSctpTransport):
+    """``RTCSctpTransport`` with delayed and bundled SACKs. Never constructed: :func:`install_sack_policy`
+    swaps the class of an existing instance (no state is added to aiortc's own, only ``_fc_*`` attributes).
+
+    aiortc's ``_handle_data`` handles every chunk of a received packet, then calls ``_send_sack`` if a DATA or
+    FORWARD TSN chunk set ``_sack_needed``. Here ``_send_sack`` decides: send now (stock code) or start the
+    delayed-ack timer; ``_send_chunk`` puts the pending SACK in front of an outgoing DATA / FORWARD TSN chunk.
+    The SACK itself is always built by aiortc's ``_send_sack`` (captured instead of sent when bundling)."""
+
+    _fc_policy: str
+    _fc_delay: float
+    _fc_timer: asyncio.TimerHandle | None
+    _fc_pending: int  # DATA-carrying packets received since the last SACK
+    _fc_new_data: bool  # the packet being handled carried DATA / FORWARD TSN
+    _fc_capture: list[Any] | None
+    _fc_counts: dict[str, int]
+
+    def _fc_setup(self, policy: str, delay: float) -> None:
+        self._fc_policy = policy
+        self._fc_delay = delay
+        self._fc_timer = None
+        self._fc_pending = 0
+        self._fc_new_data = False
+        self._fc_capture = None
+        self._fc_counts = {"standalone": 0, "bundled": 0, "timer": 0, "forced": 0}
+
+    def _fc_stats(self) -> SackStats:
+        c = self._fc_counts
+        return SackStats(self._fc_policy, self._fc_delay, c["standalone"], c["bundled"], c["timer"], c["forced"])
+
+    def _fc_established(self) -> bool:
+        return self._association_state == RTCSctpTransport.State.ESTABLISHED
+
+    def _fc_cancel_timer(self) -> None:
+        if self._fc_timer is not None:
+            self._fc_timer.cancel()
+            self._fc_timer = None
+
+    # --- receiving
+    async def _receive_data_chunk(self, chunk: Any) -> None:
+        self._fc_new_data = True
+        await super()._receive_data_chunk(chunk)
+
+    async def _receive_forward_tsn_chunk(self, chunk: Any) -> None:
+        self._fc_new_data = True
+        await super()._receive_forward_tsn_chunk(chunk)
+
+    async def _send_sack(self) -> None:
+        """Called by ``_handle_data`` after each packet that left a SACK pending."""
+        if self._fc_capture is not None:  # building a SACK to bundle (see _fc_take_sack)
+            await super()._send_sack()
+            return
+        if self._fc_new_data:
+            self._fc_new_data = False
+            self._fc_pending += 1
+        every = BUNDLED_ACK_EVERY if self._fc_policy == "bundled" else DELAYED_ACK_EVERY
+        if (
+            not self._fc_established()
+            or self._fc_pending >= every  # RFC 4960 6.2: at least every second packet (relaxed when bundling)
+            or self._sack_duplicates  # a duplicate: at once
+            or self._sack_misordered  # a gap: at once (lets the sender abandon/retransmit early)
+        ):
+            self._fc_counts["forced"] += 1
+            await self._fc_send_now()
+        elif self._fc_timer is None:
+            self._fc_timer = self._loop.call_later(self._fc_delay, self._fc_timer_fired)
+
+    async def _fc_send_now(self) -> None:
+        self._fc_cancel_timer()
+        self._fc_pending = 0
+        self._fc_counts["standalone"] += 1
+        await super()._send_sack()
+
+    def _fc_timer_fired(self) -> None:
+        self._fc_timer = None
+        task = asyncio.ensure_future(self._fc_timer_send())
+        task.add_done_callback(_ignore_send_error)
+
+    async def _fc_timer_send(self) -> None:
+        if self._sack_needed and self._fc_established():  # not bundled away meanwhile
+            self._fc_counts["timer"] += 1
+            await self._fc_send_now()
+
+    async def _fc_take_sack(self) -> Any:
+        """Build the pending SACK with aiortc's code (which also clears ``_sack_needed`` and the duplicates)
+        without sending it. ``_send_sack`` only awaits ``_send_chunk``, which returns at once while capturing,
+        so nothing else runs in between."""
+        self._fc_capture = []
+        try:
+            await RTCSctpTransport._send_sack(self)
+            captured = self._fc_capture
+        finally:
+            self._fc_capture = None
+        self._fc_cancel_timer()
+        self._fc_pending = 0
+        if len(captured) != 1 or not isinstance(captured[0], _sctp_mod.SackChunk):
+            raise TransportError(f"aiortc's _send_sack sent {captured!r}, expected one SACK chunk")
+        return captured[0]
+
+    # --- sending
+    async def _send_chunk(self, chunk: Any) -> None:
+        if self._fc_capture is not None:
+            self._fc_capture.append(chunk)
+            return
+        if (
+            self._fc_policy == "bundled"
+            and self._sack_needed
+            and self._fc_established()
+            and isinstance(chunk, (_sctp_mod.DataChunk, _sctp_mod.ForwardTsnChunk))
+        ):
+            sack = await self._fc_take_sack()
+            packet = serialize_bundled_packet(
+                self._local_port, self._remote_port, self._remote_verification_tag, [sack, chunk]
+            )
+            if len(packet) <= MAX_BUNDLED_SCTP_PACKET:
+                self._fc_counts["bundled"] += 1
+                await self.transport._send_data(packet)
+                return
+            self._fc_counts["standalone"] += 1
+            await super()._send_chunk(sack)
+        await super()._send_chunk(chunk)
+
+    def _set_state(self, state: Any) -> None:
+        super()._set_state(state)
+        if not self._fc_established():
+            self._fc_cancel_timer()
+
+
+def _ignore_send_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("delayed SACK not sent: %r", task.exception())
+
+
+def _check_sack_policy(policy: str, delay_s: float) -> None:
+    if policy not in SACK_POLICIES:
+        raise ValueError(f"sack_policy must be one of {SACK_POLICIES}, got {policy!r}")
+    if not 0 < delay_s <= MAX_SACK_DELAY:
+        raise ValueError(f"sack_delay_s must be in (0, {MAX_SACK_DELAY}] s (RFC 4960 6.2), got {delay_s}")
+    if policy != "immediate":
+        problem = sack_patch_problem()
+        if problem is not None:
+            raise TransportError(problem)
+
+
+def install_sack_policy(sctp: RTCSctpTransport, policy: str, delay_s: float = DEFAULT_SACK_DELAY) -> None:
+    """Give one aiortc SCTP transport the ``policy`` (see the module docstring); on its loop thread.
+
+    ``"immediate"`` undoes the patch (:func:`uninstall_sack_policy`). Raises :class:`TransportError` if the
+    installed aiortc is not one the patch was checked against, ``ValueError`` for a bad policy or delay.
+    """
+    _check_sack_policy(policy, delay_s)
+    if policy == "immediate":
+        uninstall_sack_policy(sctp)
+        return
+    if type(sctp) is _PolicySctpTransport:
+        sctp._fc_policy, sctp._fc_delay = policy, delay_s
+        return
+    if type(sctp) is not RTCSctpTransport:
+        raise TransportError(f"cannot patch an SCTP transport of class {type(sctp).__qualname__}")
+    missing = [a for a in _SCTP_ATTRIBUTES if not hasattr(sctp, a)]
+    if missing:
+        raise TransportError(f"aiortc's RTCSctpTransport lacks {', '.join(missing)}: cannot patch the SACK policy")
+    sctp.__class__ = _PolicySctpTransport
+    sctp._fc_setup(policy, delay_s)
+
+
+def uninstall_sack_policy(sctp: RTCSctpTransport) -> None:
+    """Give the transport back its stock class (on its loop thread); a pending SACK is sent at once."""
+    if type(sctp) is not _PolicySctpTransport:
+        return
+    sctp._fc_cancel_timer()
+    pending = sctp._sack_needed and sctp._fc_established()
+    sctp.__class__ = RTCSctpTransport
+    if pending:
+        task = asyncio.ensure_future(sctp._send_sack())
+        task.add_done_callback(_ignore_send_error)
+
+
+def sack_policy_of(sctp: RTCSctpTransport | None) -> SackStats | None:
+    """The patch's counters for this SCTP transport (None when it runs stock aiortc)."""
+    return sctp._fc_stats() if type(sctp) is _PolicySctpTransport else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -258,6 +574,9 @@ class TransportStats:
     drops_error: int  # the channel raised on send
     receive_drops: int  # incoming queue full (only without on_message)
     wire: WireCounters | None  # None before the connection exists / if aiortc does not expose it
+    buffered_amount: int = 0  # bytes waiting in the data channel's send buffer now
+    max_buffered_amount: int = 0  # the most seen before a send (a growing backlog shows up here)
+    sack: SackStats | None = None  # the SACK policy patch's counters (None: stock aiortc, "immediate")
 
     @property
     def send_drops(self) -> int:
@@ -421,6 +740,10 @@ class PeerTransport:
     on_event: called with each :class:`TransportEvent` **on the loop thread** (events also go to ``events``).
     max_buffered_bytes: ``send`` drops while the SCTP send buffer holds more than this (stale audio is useless).
     max_pending_sends: ``send`` drops while this many packets wait for the loop (loop stalled).
+    sack_policy: ``"immediate"`` (stock aiortc), ``"delayed"`` or ``"bundled"``: how this side acknowledges
+        what it receives (module docstring; the peer may run anything). Checked here: a non-immediate policy
+        with an aiortc release the patch was not checked against raises :class:`TransportError`.
+    sack_delay_s: the delayed-ack timer of ``"delayed"`` / ``"bundled"`` (0 < delay <= 0.5 s).
     """
 
     def __init__(
@@ -439,8 +762,13 @@ class PeerTransport:
         max_message_bytes: int = 16384,
         ordered: bool = False,
         max_retransmits: int | None = 0,
+        sack_policy: str = "immediate",
+        sack_delay_s: float = DEFAULT_SACK_DELAY,
     ) -> None:
+        _check_sack_policy(sack_policy, sack_delay_s)
         self.name = name
+        self.sack_policy = sack_policy
+        self.sack_delay_s = float(sack_delay_s)
         self.connect_timeout = float(connect_timeout)
         self.on_message = on_message
         self.on_event = on_event
@@ -480,6 +808,7 @@ class PeerTransport:
         self._messages_received = self._bytes_received = 0
         self._drops_not_open = self._drops_backpressure = self._drops_queue_full = self._drops_error = 0
         self._receive_drops = 0
+        self._max_buffered = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -640,7 +969,9 @@ class PeerTransport:
             if ch is None or not self._open or ch.readyState != "open":
                 self._drops_not_open += 1
                 return
-            if ch.bufferedAmount > self.max_buffered_bytes:
+            buffered = ch.bufferedAmount
+            self._max_buffered = max(self._max_buffered, buffered)
+            if buffered > self.max_buffered_bytes:
                 self._drops_backpressure += 1
                 return
         try:
@@ -657,6 +988,9 @@ class PeerTransport:
     # ------------------------------------------------------------------ counters (any thread)
     def stats(self) -> TransportStats:
         """A snapshot of the counters. Safe from any thread (reads plain ints; never waits for the loop)."""
+        ch, pc = self._channel, self._pc
+        buffered = int(getattr(ch, "bufferedAmount", 0) or 0) if ch is not None else 0
+        sack = sack_policy_of(pc.sctp) if pc is not None else None
         with self._lock:
             return TransportStats(
                 messages_sent=self._messages_sent,
@@ -669,6 +1003,9 @@ class PeerTransport:
                 drops_error=self._drops_error,
                 receive_drops=self._receive_drops,
                 wire=self._wire_counters(),
+                buffered_amount=buffered,
+                max_buffered_amount=max(self._max_buffered, buffered),
+                sack=sack,
             )
 
     def _wire_counters(self) -> WireCounters | None:
@@ -717,6 +1054,8 @@ class PeerTransport:
             id=CHANNEL_ID,
         )
         self._channel = ch
+        if self.sack_policy != "immediate" and pc.sctp is not None:
+            install_sack_policy(pc.sctp, self.sack_policy, self.sack_delay_s)
         ch.on("open", self._on_channel_open)
         ch.on("close", self._emit_channel_closed)
         ch.on("message", self._on_channel_message)
@@ -824,6 +1163,11 @@ class PeerTransport:
 __all__ = [
     "CHANNEL_ID",
     "CHANNEL_LABEL",
+    "DEFAULT_SACK_DELAY",
+    "MAX_SACK_DELAY",
+    "SACK_PATCH_VERIFIED_AIORTC",
+    "SACK_POLICIES",
+    "SackStats",
     "ChannelClosed",
     "ChannelOpen",
     "ConnectionStateChanged",
@@ -844,6 +1188,12 @@ __all__ = [
     "allow_loopback_candidates",
     "disable_loopback_candidates",
     "enable_loopback_candidates",
+    "install_sack_policy",
     "loopback_candidates_enabled",
+    "sack_bytes_per_message",
+    "sack_patch_problem",
+    "sack_policy_of",
+    "serialize_bundled_packet",
+    "uninstall_sack_policy",
     "wire_bytes_per_message",
 ]

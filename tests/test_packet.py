@@ -10,13 +10,18 @@ import pytest
 
 from app.packet import (
     AUDIO_HEADER_SIZE,
+    COMPACT_AUDIO_HEADER_SIZE,
+    COMPACT_ECHO_SIZE,
     ERROR_KINDS,
+    FRAME_VERSION,
     HEADER_SIZE,
     MAX_PACKET_SIZE,
     PROTOCOL_VERSION,
     AudioFlags,
+    AudioGeometry,
     AudioPacket,
     Bye,
+    CompactAudioPacket,
     Heartbeat,
     Hello,
     HelloAck,
@@ -27,11 +32,15 @@ from app.packet import (
     Text,
     audio_packet_size,
     check_compatible,
+    compact_audio_packet_size,
+    is_audio,
     model_hash_prefix,
     parse_packet,
 )
 
 HASH = model_hash_prefix(hashlib.sha256(b"model weights").digest())
+#: The geometry every compact sample uses (and every parse in the fuzz tests passes).
+GEOM = AudioGeometry(11, 4)
 
 
 def other_hash(name: str) -> bytes:
@@ -61,6 +70,17 @@ def audio(n: int = 1, r: int = 0, bits: int = 11, first: int = 10, **kw: object)
     )
 
 
+def compact(n: int = 1, r: int = 0, first: int = 10, geometry: AudioGeometry = GEOM, **kw: object) -> CompactAudioPacket:
+    bits = geometry.bits
+    return CompactAudioPacket(
+        first,
+        geometry,
+        [chunk(bits=bits, seed=i) for i in range(n)],
+        [chunk(bits=bits, seed=100 + i) for i in range(r)],
+        **kw,  # type: ignore[arg-type]
+    )
+
+
 def hello(**kw: object) -> Hello:
     fields: dict[str, object] = dict(
         model_id="focalchat-default", model_hash=HASH, bits=11, nickname="Zoë", app_version="0.1.0"
@@ -76,6 +96,10 @@ def samples() -> list[bytes]:
         audio(4, 3, bits=12, flags=AudioFlags.SILENCE | AudioFlags.TALKSPURT_START).encode(),
         audio(2, 1, bits=16, timestamp_ms=0xFFFFFFFF).encode(),
         AudioPacket(0, 0, 1, 3, [np.array([1, 0, 1])]).encode(),
+        compact().encode(),
+        compact(8, 3, first=2**32 - 8, flags=AudioFlags.SILENCE | AudioFlags.TALKSPURT_START).encode(),
+        compact(6, 0, echo_chunk=0xFFFF, echo_hold_ms=1020).encode(),
+        compact(4, 1, first=1, echo_chunk=0, echo_hold_ms=0).encode(),
         hello().encode(),
         hello(nickname="", app_version="", model_id="").encode(),
         HelloAck(True).encode(),
@@ -106,7 +130,7 @@ def with_length(data: bytes, length: int) -> bytes:
     return patch(data, OFF_LENGTH, struct.pack(">H", length))
 
 
-def frame(ptype: int, body: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+def frame(ptype: int, body: bytes, version: int = FRAME_VERSION) -> bytes:
     return struct.pack(">2sBBH", b"FC", version, ptype, HEADER_SIZE + len(body)) + body
 
 
@@ -180,9 +204,9 @@ def test_audio_chunk_indices_and_flags():
 
 def test_round_trip_every_type():
     for data in samples():
-        p = parse_packet(data)
+        p = parse_packet(data, GEOM)
         assert p.encode() == data
-        assert parse_packet(p.encode()) == p
+        assert parse_packet(p.encode(), GEOM) == p
     assert isinstance(parse_packet(bytearray(Ping(1, 2).encode())), Ping)
     assert isinstance(parse_packet(memoryview(Ping(1, 2).encode())), Ping)
 
@@ -247,8 +271,11 @@ def test_check_compatible():
     # same rate written differently
     assert check_compatible(local, hello(token_rate_num=100, token_rate_den=2)) is None
 
-    reason = check_compatible(local, hello(protocol_version=2, nickname="Bob", app_version="9.0"))
-    assert reason and "newer" in reason and "version 2" in reason and "'Bob'" in reason and "9.0" in reason
+    assert PROTOCOL_VERSION == 2
+    reason = check_compatible(local, hello(protocol_version=3, nickname="Bob", app_version="9.0"))
+    assert reason and "newer" in reason and "version 3" in reason and "'Bob'" in reason and "9.0" in reason
+    reason = check_compatible(local, hello(protocol_version=1))  # a build from before compact frames
+    assert reason and "older" in reason and "version 1" in reason
     reason = check_compatible(local, hello(model_hash=other_hash("other"), model_id="other-model"))
     assert (
         reason
@@ -293,11 +320,11 @@ def test_bad_magic():
 
 def test_bad_version():
     data = Ping(1, 1).encode()
-    for v in (0, 2, 255):
+    for v in (0, 3, 255):
         assert kind_of(patch(data, OFF_VERSION, bytes([v]))) == "bad_version"
-    assert kind_of(b"FC\x02") == "bad_version"  # known as soon as the version byte is there
-    with pytest.raises(PacketError, match="version 2"):
-        parse_packet(b"FC\x02\x01")
+    assert kind_of(b"FC\x03") == "bad_version"  # known as soon as the version byte is there
+    with pytest.raises(PacketError, match="frame version 3"):
+        parse_packet(b"FC\x03\x01")
 
 
 def test_bad_type():
@@ -361,7 +388,7 @@ def test_bad_field_strings_and_values():
     h = hello(nickname="abc").encode()
     assert kind_of(h[:-1] + b"\xff") == "bad_field"  # nickname not UTF-8
     assert kind_of(h[:-1] + b"\n") == "bad_field"  # control character in nickname
-    for offset, bad in ((6, 0), (7, 0), (7, 33), (8, 0), (12, 0), (13, 0), (13, 5), (14, 4)):
+    for offset, bad in ((6, 0), (7, 0), (7, 33), (8, 0), (12, 0), (13, 0), (13, 9), (14, 4)):
         field_bytes = b"\x00\x00" if offset == 8 else bytes([bad])
         assert kind_of(patch(h, offset, field_bytes)) == "bad_field", offset
     long_nick = hello(nickname="n" * 64).encode()
@@ -449,9 +476,9 @@ def test_packet_error_kind_is_checked():
 
 
 def check_parse(data: bytes) -> str:
-    """Parse ``data``: a PacketError or a packet that re-encodes to exactly ``data``."""
+    """Parse ``data`` (with :data:`GEOM`): a PacketError or a packet that re-encodes to exactly ``data``."""
     try:
-        p = parse_packet(data)
+        p = parse_packet(data, GEOM)
     except PacketError as exc:
         assert exc.kind in ERROR_KINDS
         return exc.kind
@@ -465,12 +492,17 @@ def test_fuzz_random_bytes():
     for i in range(20_000):
         size = int(rng.integers(0, 80))
         data = rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()
-        if i % 2:  # a plausible header so that the body parsers are reached
+        if i % 4 == 1:  # a plausible header so that the body parsers are reached
             head = struct.pack(">2sBBH", b"FC", 1, int(rng.integers(0, 10)), HEADER_SIZE + size)
             data = head + data
+        elif i % 4 == 3:  # a compact AUDIO frame with a size that fits its counts (about one in four)
+            counts = int(rng.integers(0, 256))
+            n, r, echo = (counts & 7) + 1, (counts >> 3) & 3, bool(counts & 32)
+            size = COMPACT_AUDIO_HEADER_SIZE + echo * COMPACT_ECHO_SIZE + (n + r) * 6 + int(rng.integers(-1, 2))
+            data = b"FC\x02" + bytes([counts]) + rng.integers(0, 256, size=max(0, size - 4), dtype=np.uint8).tobytes()
         k = check_parse(data)
         kinds[k] = kinds.get(k, 0) + 1
-    assert {"bad_magic", "bad_type", "bad_length", "bad_field", "ok"} <= kinds.keys(), kinds
+    assert {"bad_magic", "bad_type", "bad_length", "bad_field", "truncated", "ok"} <= kinds.keys(), kinds
 
 
 def test_fuzz_truncations_and_mutations():
@@ -490,3 +522,138 @@ def test_fuzz_truncations_and_mutations():
         for size in (1, 2, 5, 40):  # random tails
             seen.add(check_parse(data + rng.integers(0, 256, size=size, dtype=np.uint8).tobytes()))
     assert set(ERROR_KINDS) - {"oversized"} <= seen, seen
+
+
+# --------------------------------------------------------------------------- compact AUDIO (frame version 2)
+
+
+def test_known_compact_audio_bytes():
+    g = AudioGeometry(12, 4)
+    p = CompactAudioPacket(
+        first_chunk=5,
+        geometry=g,
+        chunks=[np.array([0xABC, 0x123, 0x456, 0x789])],
+        redundant=[np.array([0x001, 0x002, 0x003, 0xFFF])],
+        flags=AudioFlags.SILENCE,
+    )
+    data = p.encode()
+    expected = bytes.fromhex(
+        "4643 02"  # magic "FC", frame version 2
+        " 48"  # n - 1 = 0 | r = 1 << 3 | no echo | SILENCE << 6
+        " 00000005"  # first chunk 5
+        " 001002003fff"  # redundant chunk 4
+        " abc123456789"  # primary chunk 5
+    )
+    assert data == expected
+    assert len(data) == p.size == 20 == 33 - 13  # 13 bytes less than the same AUDIO packet
+    assert parse_packet(data, g) == p
+    # with an echo of the peer's chunk 0x1234 held 480 ms, and TALKSPURT_START
+    q = CompactAudioPacket(7, g, [np.array([1, 2, 3, 4])], flags=AudioFlags.TALKSPURT_START,
+                           echo_chunk=0x1234, echo_hold_ms=480)
+    assert q.encode() == bytes.fromhex("4643 02 a0 00000007 1234 78 001002003004")
+    assert parse_packet(q.encode(), g) == q
+
+
+def test_compact_audio_interface_and_sizes():
+    g = AudioGeometry(11, 4, chunk_ms=80.0)
+    p = compact(6, 2, first=100, flags=AudioFlags.TALKSPURT_START, geometry=g)
+    assert is_audio(p) and is_audio(audio()) and not is_audio(Ping(1, 2))
+    assert (p.seq, p.bits, p.tokens_per_chunk, p.chunk_bytes) == (100, 11, 4, 6)
+    assert p.timestamp_ms == 8000  # the media clock: chunk 100 x 80 ms
+    assert CompactAudioPacket(2**32 - 1, g, [chunk([0] * 4)]).timestamp_ms == (2**32 - 1) * 80 % 2**32
+    assert p.talkspurt_start and not p.silence
+    assert [(i, red) for i, _, red in p.iter_chunks()] == [(98, True), (99, True)] + [(100 + k, False) for k in range(6)]
+    assert COMPACT_AUDIO_HEADER_SIZE == 8 and COMPACT_ECHO_SIZE == 3
+    for bits, cb in ((11, 6), (12, 6), (16, 8)):
+        geo = AudioGeometry(bits, 4)
+        for n in range(1, 9):
+            for r in range(4):
+                for echo in (False, True):
+                    kw = dict(echo_chunk=3, echo_hold_ms=8) if echo else {}
+                    q = compact(n, r, first=10, geometry=geo, **kw)
+                    size = 8 + 3 * echo + (n + r) * cb
+                    assert len(q.encode()) == q.size == compact_audio_packet_size(n, r, bits, echo=echo) == size
+    # the low-bandwidth packet: 6 chunks of 4 x 12 bits in 44 bytes, 4 x 16 bits in 56 (SCTP pads to 4)
+    assert compact_audio_packet_size(6, 0, 12) == 44 and compact_audio_packet_size(6, 0, 16) == 56
+    # a compact frame never equals a framed one
+    assert compact() != audio()
+    assert AudioGeometry.from_hello(hello(bits=16, tokens_per_chunk=4)) == AudioGeometry(16, 4, 80.0)
+
+
+def test_compact_audio_needs_the_geometry():
+    data = compact(2, 1).encode()
+    assert kind_of(data) == "bad_field"  # no geometry given
+    with pytest.raises(PacketError, match="negotiated geometry"):
+        parse_packet(data)
+    assert isinstance(parse_packet(data, GEOM), CompactAudioPacket)
+    # framed packets do not need it, and ignore it
+    assert parse_packet(Ping(1, 2).encode(), GEOM) == Ping(1, 2)
+    with pytest.raises(TypeError):
+        parse_packet(data, (11, 4))  # type: ignore[arg-type]
+    # another geometry reads the same bytes as another size: counted, never a crash
+    with pytest.raises(PacketError) as info:
+        parse_packet(data, AudioGeometry(16, 4))
+    assert info.value.kind == "truncated"
+
+
+def test_compact_audio_errors():
+    data = compact(2, 1, first=5).encode()
+    for cut in range(len(data)):
+        assert kind_of_g(data[:cut]) == "truncated", cut
+    assert kind_of_g(data + b"\x00") == "bad_length"
+    assert kind_of_g(data[:3] + bytes([data[3] | 0x20]) + data[4:]) == "truncated"  # an echo flag: 3 bytes short
+    # r = 1 redundant chunk before chunk 0 does not exist
+    assert kind_of_g(data[:4] + struct.pack(">I", 0) + data[8:]) == "bad_field"
+    # last index overflows u32
+    assert kind_of_g(data[:4] + struct.pack(">I", 2**32 - 1) + data[8:]) == "bad_field"
+    # non-zero padding bits (11 bits x 4: the last 4 bits of every chunk)
+    assert kind_of_g(data[:-1] + bytes([data[-1] | 1])) == "bad_field"
+    assert kind_of_g(data[:13] + bytes([data[13] | 8]) + data[14:]) == "bad_field"  # the redundant chunk's
+
+
+def kind_of_g(data: bytes) -> str:
+    with pytest.raises(PacketError) as info:
+        parse_packet(data, GEOM)
+    return info.value.kind
+
+
+def test_compact_audio_constructor_validation():
+    bad = [
+        dict(chunks=[]),
+        dict(chunks=[chunk([0] * 4)] * 9),
+        dict(redundant=[chunk([0] * 4)] * 4),
+        dict(redundant=[chunk([0] * 4)] * 3, first_chunk=2),
+        dict(first_chunk=-1),
+        dict(first_chunk=2**32 - 1, chunks=[chunk([0] * 4)] * 2),
+        dict(chunks=[chunk([1, 2, 3, 2048])]),  # 11 bits
+        dict(chunks=[chunk([1, 2, 3])]),
+        dict(flags=4),  # only SILENCE and TALKSPURT_START fit
+        dict(echo_chunk=2**16),
+        dict(echo_chunk=-1),
+        dict(echo_chunk=1, echo_hold_ms=1024),
+        dict(echo_chunk=1, echo_hold_ms=6),  # not a multiple of 4 ms
+        dict(echo_hold_ms=4),  # a hold without an echo
+        dict(geometry=(11, 4)),
+    ]
+    for kw in bad:
+        fields: dict[str, object] = dict(first_chunk=5, geometry=GEOM, chunks=[chunk([0] * 4)])
+        fields.update(kw)
+        with pytest.raises(PacketError) as info:
+            CompactAudioPacket(**fields)  # type: ignore[arg-type]
+        assert info.value.kind == "bad_field", kw
+    for bad_geo in (dict(bits=0), dict(bits=33), dict(tokens_per_chunk=0), dict(chunk_ms=0), dict(chunk_ms="x")):
+        fields = dict(bits=11, tokens_per_chunk=4)
+        fields.update(bad_geo)
+        with pytest.raises(PacketError) as info:
+            AudioGeometry(**fields)  # type: ignore[arg-type]
+        assert info.value.kind == "bad_field", bad_geo
+    big = AudioGeometry(32, 255)
+    full = [np.full(255, 1, dtype=np.int64)]
+    p = CompactAudioPacket(3, big, full * 8, full * 3)  # 8 + 11 x 1020 bytes: too big
+    with pytest.raises(PacketError) as info:
+        p.encode()
+    assert info.value.kind == "oversized"
+    # HELLO: up to 8 chunks per packet (5..8 only in compact frames)
+    assert parse_packet(hello(chunks_per_packet=8).encode()) == hello(chunks_per_packet=8)
+    with pytest.raises(PacketError):
+        hello(chunks_per_packet=9)

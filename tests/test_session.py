@@ -26,7 +26,15 @@ import soundfile as sf
 
 from app.audio_io import FileMicSource, FileSpeakerSink
 from app.modelref import SPEECH_SAMPLE, untrained_model
-from app.packet import AudioPacket, HelloAck, PacketError, Pong, parse_packet
+from app.packet import (
+    AudioGeometry,
+    AudioPacket,
+    CompactAudioPacket,
+    HelloAck,
+    PacketError,
+    Pong,
+    parse_packet,
+)
 from app.recording import RECEIVED, SENT, RecordingReader
 from app.session import (
     CallConfig,
@@ -317,11 +325,15 @@ def test_lossy_call_counts_are_consistent(tmp_path, model, pairs):
 def fuzz_messages(model, rng: random.Random) -> tuple[list[bytes], Counter]:
     """Malformed or foreign messages and the count the receiving session should report per kind."""
     bits, tpc = model.bits_per_token, model.tokens_per_chunk
+    geometry = AudioGeometry(bits, tpc, 80.0)  # what the session parses with
     good = AudioPacket(7, 3, bits, tpc, [np.arange(tpc)], [np.arange(tpc) + 1], 1234).encode()
+    good_compact = CompactAudioPacket(3, geometry, [np.arange(tpc)] * 2, [np.arange(tpc) + 1]).encode()
     msgs: list[bytes] = []
     msgs += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 120))) for _ in range(25)]
     msgs += [good[:n] for n in range(1, len(good))]  # every truncation
-    for v in (0, 2, 255):  # wrong protocol versions
+    msgs += [good_compact[:n] for n in range(1, len(good_compact), 3)]  # compact frames cut short
+    msgs.append(good_compact + b"\x00")  # a compact frame with a byte too many
+    for v in (0, 3, 255):  # wrong frame versions
         msgs.append(good[:2] + bytes([v]) + good[3:])
     for length in (0, 5, 0xFFFF, 8193, len(good) - 1, len(good) + 40):  # impossible / lying length fields
         msgs.append(good[:4] + length.to_bytes(2, "big") + good[6:])
@@ -334,7 +346,7 @@ def fuzz_messages(model, rng: random.Random) -> tuple[list[bytes], Counter]:
     expected: Counter = Counter()
     for m in msgs:
         try:
-            pkt = parse_packet(m)
+            pkt = parse_packet(m, geometry)
         except PacketError as exc:
             expected[exc.kind] += 1
             continue

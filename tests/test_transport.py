@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aioice.ice
+import aiortc
+import aiortc.rtcsctptransport as sctp
 import pytest
 
 from app import signaling
@@ -32,11 +34,18 @@ from app.transport import (
     ConnectionStateChanged,
     PeerTransport,
     SignalingStateChanged,
+    TransportError,
     TransportEvent,
     TransportFailed,
     TransportThread,
     allow_loopback_candidates,
+    install_sack_policy,
     loopback_candidates_enabled,
+    sack_bytes_per_message,
+    sack_patch_problem,
+    sack_policy_of,
+    serialize_bundled_packet,
+    uninstall_sack_policy,
     wire_bytes_per_message,
 )
 
@@ -624,3 +633,203 @@ def test_send_never_blocks_while_the_loop_is_stalled(net):
     finally:
         a.close()
         b.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SCTP acknowledgement policy (delayed / bundled SACKs): serializer, guard, interop with a stock peer
+# ---------------------------------------------------------------------------------------------------------------
+def test_bundled_packet_is_what_aiortc_parses():
+    sack = sctp.SackChunk()
+    sack.cumulative_tsn, sack.advertised_rwnd = 0x01020304, 1 << 20
+    sack.gaps, sack.duplicates = [(2, 3)], [0x01020300]
+    data = sctp.DataChunk(flags=sctp.SCTP_DATA_UNORDERED | 3)
+    data.tsn, data.stream_id, data.stream_seq, data.protocol = 0x01020310, 0, 0, 53
+    fwd = sctp.ForwardTsnChunk()
+    fwd.cumulative_tsn, fwd.streams = 0x0102030F, []
+    for odd in (b"x", b"hello", b"12345678"):  # 1, 5 and 8 bytes: padded to 4, 8, 8
+        data.user_data = odd
+        packet = serialize_bundled_packet(5000, 5001, 0xDEADBEEF, [sack, data, fwd])
+        assert len(packet) == 12 + 24 + 16 + (len(odd) + 3) // 4 * 4 + 8
+        src, dst, tag, chunks = sctp.parse_packet(packet)  # aiortc's own parser: checks the CRC32c
+        assert (src, dst, tag) == (5000, 5001, 0xDEADBEEF)
+        assert [type(c) for c in chunks] == [sctp.SackChunk, sctp.DataChunk, sctp.ForwardTsnChunk]
+        got_sack, got_data, got_fwd = chunks
+        assert (got_sack.cumulative_tsn, got_sack.advertised_rwnd) == (0x01020304, 1 << 20)
+        assert got_sack.gaps == [(2, 3)] and got_sack.duplicates == [0x01020300]
+        assert (got_data.tsn, got_data.flags, got_data.protocol, got_data.user_data) == (0x01020310, data.flags, 53, odd)
+        assert got_fwd.cumulative_tsn == 0x0102030F
+        # one chunk: byte for byte what aiortc's single-chunk serializer makes
+        assert serialize_bundled_packet(5000, 5001, 7, [data]) == sctp.serialize_packet(5000, 5001, 7, data)
+        corrupt = packet[:-1] + bytes([packet[-1] ^ 1])
+        with pytest.raises(ValueError, match="checksum"):
+            sctp.parse_packet(corrupt)
+    with pytest.raises(ValueError):
+        serialize_bundled_packet(1, 2, 3, [])
+
+
+def test_sack_policy_checks(net, monkeypatch):
+    for bad in (dict(sack_policy="lazy"), dict(sack_policy="delayed", sack_delay_s=0.6),
+                dict(sack_policy="bundled", sack_delay_s=0)):
+        with pytest.raises(ValueError):
+            PeerTransport(name="x", thread=net, **bad)
+    assert sack_patch_problem() is None  # the installed aiortc is one the patch was checked against
+    monkeypatch.setattr(aiortc, "__version__", "1.17.0")
+    problem = sack_patch_problem()
+    assert problem and "1.17.0" in problem and "1.16" in problem
+    with pytest.raises(TransportError, match="1.17.0"):
+        PeerTransport(name="x", thread=net, sack_policy="bundled")
+    PeerTransport(name="stock", thread=net).close()  # the default needs no patch: any aiortc
+    monkeypatch.setattr(aiortc, "__version__", "1.16.0")
+    monkeypatch.delattr(sctp.RTCSctpTransport, "_send_sack")
+    assert "_send_sack" in (sack_patch_problem() or "")
+
+
+@pytest.mark.usefixtures("loopback")
+def test_sack_policy_patch_is_per_connection_and_reversible(net):
+    a = PeerTransport(name="A", thread=net, sack_policy="bundled", sack_delay_s=0.3)
+    b = PeerTransport(name="B", thread=net)
+    try:
+        b.accept_offer(a.create_offer())
+        assert type(a._pc.sctp).__name__ == "_PolicySctpTransport"
+        assert isinstance(a._pc.sctp, sctp.RTCSctpTransport)
+        assert type(b._pc.sctp) is sctp.RTCSctpTransport  # the class itself is untouched
+        assert sctp.RTCSctpTransport._send_sack.__qualname__ == "RTCSctpTransport._send_sack"
+        st = a.stats().sack
+        assert st is not None and (st.policy, st.delay_s, st.standalone, st.bundled) == ("bundled", 0.3, 0, 0)
+        assert b.stats().sack is None
+
+        async def flip() -> list[str]:
+            seen = []
+            install_sack_policy(a._pc.sctp, "delayed", 0.1)
+            seen.append(sack_policy_of(a._pc.sctp).policy)
+            uninstall_sack_policy(a._pc.sctp)
+            seen.append(type(a._pc.sctp).__name__)
+            install_sack_policy(a._pc.sctp, "bundled", 0.2)
+            seen.append(sack_policy_of(a._pc.sctp).policy)
+            install_sack_policy(a._pc.sctp, "immediate")
+            seen.append(type(a._pc.sctp).__name__)
+            return seen
+
+        assert net.run_coroutine(flip(), timeout=5.0) == ["delayed", "RTCSctpTransport", "bundled", "RTCSctpTransport"]
+    finally:
+        a.close()
+        b.close()
+
+
+def _exchange(a: PeerTransport, b: PeerTransport, n: int, interval: float, size: int = 30) -> None:
+    """n messages each way, A and B alternating every interval / 2 (as two talking peers)."""
+    for i in range(n):
+        assert a.send(b"A%03d" % i + bytes(size - 4))
+        time.sleep(interval / 2)
+        assert b.send(b"B%03d" % i + bytes(size - 4))
+        time.sleep(interval / 2)
+
+
+@pytest.mark.usefixtures("loopback")
+@pytest.mark.parametrize("policy", ["delayed", "bundled"])
+def test_patched_peer_interoperates_with_stock_aiortc(net, policy):
+    """A (patched) and B (stock aiortc 1.16) exchange 40 messages each way at 80 ms: everything arrives, B's
+    parser takes A's bundled packets, A sends fewer packets, nobody's send buffer grows."""
+    la, lb = EventLog(), EventLog()
+    a = PeerTransport(name="A", thread=net, events=la.q, sack_policy=policy)
+    b = PeerTransport(name="B", thread=net, events=lb.q)
+    try:
+        a.accept_answer(b.accept_offer(a.create_offer()))
+        assert wait_until(lambda: a.is_open and b.is_open, 5.0)
+        time.sleep(0.3)  # the channel-open handshake's own SACKs
+        wa0, wb0, sack0 = a.stats().wire, b.stats().wire, a.stats().sack
+        n = 40
+        _exchange(a, b, n, 0.08)
+        assert wait_until(lambda: a.incoming.qsize() >= n and b.incoming.qsize() >= n, 3.0)
+        time.sleep(0.5)  # the last delayed SACK (200 ms timer)
+        got_a, got_b = drain(a.incoming), drain(b.incoming)
+        assert sorted(got_b) == sorted(b"A%03d" % i + bytes(26) for i in range(n))
+        assert sorted(got_a) == sorted(b"B%03d" % i + bytes(26) for i in range(n))
+        sa, sb = a.stats(), b.stats()
+        for st in (sa, sb):
+            assert st.send_drops == 0 and st.max_buffered_amount <= 30 and st.buffered_amount == 0
+        a_pkts = sa.wire.udp_packets_sent - wa0.udp_packets_sent
+        b_pkts = sb.wire.udp_packets_sent - wb0.udp_packets_sent
+        assert b_pkts == 2 * n  # stock: a DATA packet and a SACK packet per message
+        sacks = (sa.sack.standalone - sack0.standalone, sa.sack.bundled - sack0.bundled)
+        if policy == "bundled":
+            assert sacks[1] >= n - 2 and sacks[0] <= 2, sacks  # nearly every SACK rode on our DATA
+            assert a_pkts <= n + 2
+        else:  # 80 ms apart < 200 ms timer: one SACK per two packets
+            assert sacks[1] == 0 and n / 2 - 1 <= sacks[0] <= n / 2 + 2, sacks
+            assert a_pkts <= n + n / 2 + 2
+        # the modelled bytes match what the DTLS counters saw (±5 %)
+        d_bytes = sa.wire.ip_bytes_sent() - wa0.ip_bytes_sent()
+        model = n * (wire_bytes_per_message(30)[0]
+                     + sack_bytes_per_message(policy, recv_interval_s=0.08, send_interval_s=0.08))
+        assert abs(d_bytes - model) <= 0.05 * model, (d_bytes, model)
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.usefixtures("loopback")
+def test_bundled_sacks_survive_loss_without_stalling(net):
+    """A stock sender loses every 5th packet it sends (dropped before the wire). B (bundled SACKs) reports
+    the gaps at once; A abandons the lost messages (maxRetransmits=0) and moves on: no stall, no growing
+    send buffer, and once the loss stops every message arrives again."""
+    la, lb = EventLog(), EventLog()
+    a = PeerTransport(name="A", thread=net, events=la.q)
+    b = PeerTransport(name="B", thread=net, events=lb.q, sack_policy="bundled", sack_delay_s=0.5)
+    try:
+        a.accept_answer(b.accept_offer(a.create_offer()))
+        assert wait_until(lambda: a.is_open and b.is_open, 5.0)
+        dtls = a._pc.sctp.transport
+        real_send = dtls._send_data
+        calls = {"n": 0, "dropped": 0}
+
+        async def lossy_send(data: bytes) -> None:
+            calls["n"] += 1
+            if calls["n"] % 5 == 0:
+                calls["dropped"] += 1
+                return
+            await real_send(data)
+
+        dtls._send_data = lossy_send
+        n = 50
+        _exchange(a, b, n, 0.08)
+        time.sleep(1.5)  # A's retransmission timer (>= 1 s) abandons what is still unacknowledged
+        dtls._send_data = real_send
+        lost_phase = drain(b.incoming)
+        assert calls["dropped"] >= 10
+        assert n - calls["dropped"] <= len(lost_phase) < n  # messages were lost, the rest came
+        assert len(drain(a.incoming)) == n  # B -> A was not lossy (only some of A's SACKs were)
+        # after the loss: every message arrives, promptly, in both directions
+        _exchange(a, b, 10, 0.08)
+        assert wait_until(lambda: b.incoming.qsize() >= 10 and a.incoming.qsize() >= 10, 2.0)
+        assert sorted(drain(b.incoming)) == sorted(b"A%03d" % i + bytes(26) for i in range(10))
+        for st in (a.stats(), b.stats()):
+            assert st.send_drops == 0 and st.max_buffered_amount <= 64 and st.buffered_amount == 0
+        assert b.stats().sack.forced >= 5  # gaps were reported at once
+        assert a.is_open and b.is_open
+        assert not [e for e in la.all() + lb.all() if isinstance(e, TransportFailed)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sack_bytes_model():
+    _, sack_packet = wire_bytes_per_message(0)
+    assert sack_packet == 93
+    assert sack_bytes_per_message("immediate", recv_interval_s=0.08) == 93
+    assert sack_bytes_per_message("delayed", recv_interval_s=0.08) == 46.5  # every second packet
+    assert sack_bytes_per_message("delayed", recv_interval_s=0.32) == 93  # timer fires first
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.08, send_interval_s=0.08) == 16
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.48, send_interval_s=0.48, sack_delay_s=0.5) == 16
+    # 320 ms packets, 200 ms timer: 5/8 of the SACKs catch our next packet, 3/8 go alone
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.32, send_interval_s=0.32) == pytest.approx(
+        0.625 * 16 + 0.375 * 93)
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.32, send_interval_s=None) == 93
+    # timer started by the first unacknowledged packet: 150 ms apart, a 200 ms timer covers two of them
+    assert sack_bytes_per_message("delayed", recv_interval_s=0.15) == 46.5
+    # bundled, nothing to bundle into: the timer covers three 80 ms packets (the limit is four)
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.08) == 31
+    # the peer sends twice as often as we do: one SACK chunk in each of our packets covers two of its packets
+    assert sack_bytes_per_message("bundled", recv_interval_s=0.08, send_interval_s=0.16) == 8
+    with pytest.raises(ValueError):
+        sack_bytes_per_message("lazy", recv_interval_s=1.0)
