@@ -50,10 +50,14 @@ def register(sub) -> None:
     audio.add_argument("--pulse-source", help="PulseAudio source for the microphone")
     audio.add_argument("--pulse-sink", help="PulseAudio sink for the speakers")
     pk = p.add_argument_group("packets and network")
-    pk.add_argument("--chunks-per-packet", type=int, default=1, choices=(1, 2, 3, 4),
-                    help="80 ms chunks per packet: more = less wire overhead, more latency")
-    pk.add_argument("--redundancy", type=int, default=0, choices=(0, 1, 2, 3),
-                    help="previous chunks repeated in every packet (recovers single losses)")
+    pk.add_argument("--preset", default="default", choices=("default", "low-latency", "low-bandwidth"),
+                    help="low-latency: 1 chunk/packet, 1-chunk jitter buffer, 1 redundant chunk; "
+                         "low-bandwidth: 6 chunks (480 ms) per compact packet, bundled acks, <= 3 kbps on the wire")
+    pk.add_argument("--chunks-per-packet", type=int, default=None, choices=range(1, 9), metavar="{1..8}",
+                    help="80 ms chunks per packet: more = less wire overhead, more latency "
+                         "(default: the preset's; 5..8 need the low-bandwidth preset's compact packets)")
+    pk.add_argument("--redundancy", type=int, default=None, choices=(0, 1, 2, 3),
+                    help="previous chunks repeated in every packet (recovers single losses; default: the preset's)")
     pk.add_argument("--ice", action="append", default=[], metavar="URL",
                     help="STUN/TURN server (stun:host:port, turn:host:port); repeatable; none by default")
     pk.add_argument("--local", action="store_true", help="offer only 127.0.0.1 (both peers on this machine)")
@@ -251,10 +255,13 @@ def run(args: argparse.Namespace) -> int:
         netsim = NetSimSettings(loss=args.loss / 100.0, burst=args.burst, jitter_ms=args.jitter_ms,
                                 delay_ms=args.delay_ms, seed=args.seed)
     try:
-        config = CallConfig(chunks_per_packet=args.chunks_per_packet, redundancy=args.redundancy,
-                            connect_timeout_s=args.connect_timeout, ice_servers=tuple(args.ice),
-                            local_only=args.local, nickname=args.nickname, record_path=args.record, netsim=netsim,
-                            name=args.how)
+        make = {"default": CallConfig, "low-latency": CallConfig.low_latency,
+                "low-bandwidth": CallConfig.low_bandwidth}[args.preset]
+        chosen = {k: v for k, v in (("chunks_per_packet", args.chunks_per_packet),
+                                    ("redundancy", args.redundancy)) if v is not None}
+        config = make(connect_timeout_s=args.connect_timeout, ice_servers=tuple(args.ice),
+                      local_only=args.local, nickname=args.nickname, record_path=args.record, netsim=netsim,
+                      name=args.how, **chosen)
         session = CallSession(model, source, sink, config)
     except (ValueError, OSError) as exc:
         source.close()
