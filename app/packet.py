@@ -402,8 +402,32 @@ def _as_chunk(tokens: object, bits: int, tokens_per_chunk: int, what: str) -> np
     return arr.astype(np.int64)
 
 
+class _ChunkedAudio:
+    """What both AUDIO layouts share: primary chunks from ``first_chunk``, redundant ones before it, flags."""
+
+    first_chunk: int
+    chunks: list[np.ndarray]
+    redundant: list[np.ndarray]
+    flags: int
+
+    @property
+    def silence(self) -> bool:
+        return bool(self.flags & AudioFlags.SILENCE)
+
+    @property
+    def talkspurt_start(self) -> bool:
+        return bool(self.flags & AudioFlags.TALKSPURT_START)
+
+    def iter_chunks(self) -> list[tuple[int, np.ndarray, bool]]:
+        """``(chunk_index, tokens, is_redundant)`` for every chunk, oldest first."""
+        r = len(self.redundant)
+        out = [(self.first_chunk - r + i, c, True) for i, c in enumerate(self.redundant)]
+        out += [(self.first_chunk + i, c, False) for i, c in enumerate(self.chunks)]
+        return out
+
+
 @dataclass(eq=False)
-class AudioPacket:
+class AudioPacket(_ChunkedAudio):
     """An AUDIO packet: ``chunks`` are chunks ``first_chunk ..`` and ``redundant``
     are copies of the ``len(redundant)`` chunks just before ``first_chunk`` (oldest first).
 
@@ -488,21 +512,6 @@ class AudioPacket:
     def size(self) -> int:
         """Encoded size in bytes."""
         return audio_packet_size(len(self.chunks), len(self.redundant), self.bits, self.tokens_per_chunk)
-
-    @property
-    def silence(self) -> bool:
-        return bool(self.flags & AudioFlags.SILENCE)
-
-    @property
-    def talkspurt_start(self) -> bool:
-        return bool(self.flags & AudioFlags.TALKSPURT_START)
-
-    def iter_chunks(self) -> list[tuple[int, np.ndarray, bool]]:
-        """``(chunk_index, tokens, is_redundant)`` for every chunk, oldest first."""
-        r = len(self.redundant)
-        out = [(self.first_chunk - r + i, c, True) for i, c in enumerate(self.redundant)]
-        out += [(self.first_chunk + i, c, False) for i, c in enumerate(self.chunks)]
-        return out
 
     def encode(self) -> bytes:
         self._validate()
@@ -598,7 +607,7 @@ class AudioGeometry:
 
 
 @dataclass(eq=False)
-class CompactAudioPacket:
+class CompactAudioPacket(_ChunkedAudio):
     """AUDIO in the compact frame (frame version 2, see the module docstring).
 
     Used like :class:`AudioPacket` (``first_chunk``, ``chunks``, ``redundant``, ``iter_chunks()``,
@@ -709,21 +718,6 @@ class CompactAudioPacket:
         return compact_audio_packet_size(
             len(self.chunks), len(self.redundant), self.bits, self.tokens_per_chunk, echo=self.has_echo
         )
-
-    @property
-    def silence(self) -> bool:
-        return bool(self.flags & AudioFlags.SILENCE)
-
-    @property
-    def talkspurt_start(self) -> bool:
-        return bool(self.flags & AudioFlags.TALKSPURT_START)
-
-    def iter_chunks(self) -> list[tuple[int, np.ndarray, bool]]:
-        """``(chunk_index, tokens, is_redundant)`` for every chunk, oldest first."""
-        r = len(self.redundant)
-        out = [(self.first_chunk - r + i, c, True) for i, c in enumerate(self.redundant)]
-        out += [(self.first_chunk + i, c, False) for i, c in enumerate(self.chunks)]
-        return out
 
     def encode(self) -> bytes:
         self._validate()
