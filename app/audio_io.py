@@ -400,6 +400,15 @@ class _ChunkAssembler:
             self.rs.clear()
 
 
+def _abort_and_close(stream) -> None:
+    """Stop a PortAudio stream at once and close it; errors from a dead device are ignored."""
+    if stream is not None:
+        with contextlib.suppress(Exception):
+            stream.abort(ignore_errors=True)
+        with contextlib.suppress(Exception):
+            stream.close(ignore_errors=True)
+
+
 class MicSource(_Closable):
     """Microphone capture: ``sd.InputStream`` -> RingBuffer -> (consumer) resample -> 80 ms chunks at 16 kHz.
 
@@ -517,12 +526,8 @@ class MicSource(_Closable):
         return self._closed
 
     def _close_stream(self) -> None:
-        s, self._stream = self._stream, None
-        if s is not None:
-            with contextlib.suppress(Exception):
-                s.abort(ignore_errors=True)
-            with contextlib.suppress(Exception):
-                s.close(ignore_errors=True)
+        stream, self._stream = self._stream, None
+        _abort_and_close(stream)
 
     def close(self) -> None:
         if self._closed:
@@ -676,12 +681,8 @@ class SpeakerSink(_Closable):
         return self._status_underflows
 
     def _close_stream(self) -> None:
-        s, self._stream = self._stream, None
-        if s is not None:
-            with contextlib.suppress(Exception):
-                s.abort(ignore_errors=True)
-            with contextlib.suppress(Exception):
-                s.close(ignore_errors=True)
+        stream, self._stream = self._stream, None
+        _abort_and_close(stream)
 
     def close(self) -> None:
         if self._closed:

@@ -410,6 +410,29 @@ class _ChunkedAudio:
     redundant: list[np.ndarray]
     flags: int
 
+    def _validate_chunks(self, max_chunks: int, what: str, bits: int, tokens_per_chunk: int) -> None:
+        """Check the chunk lists and the first index, and normalise every chunk to an int array."""
+        if isinstance(self.chunks, np.ndarray) or not isinstance(self.chunks, (list, tuple)):
+            raise PacketError("bad_field", "chunks must be a list of token arrays")
+        if isinstance(self.redundant, np.ndarray) or not isinstance(self.redundant, (list, tuple)):
+            raise PacketError("bad_field", "redundant must be a list of token arrays")
+        n, r = len(self.chunks), len(self.redundant)
+        if not 1 <= n <= max_chunks:
+            raise PacketError("bad_field", f"{what} carries 1..{max_chunks} chunks, got {n}")
+        if r > MAX_REDUNDANT:
+            raise PacketError("bad_field", f"{what} carries 0..{MAX_REDUNDANT} redundant chunks, got {r}")
+        # Redundant chunks F-r..F-1 must exist (F >= r) and the last primary index must fit in a u32.
+        self.first_chunk = _check_int(
+            self.first_chunk, f"first chunk index (with {r} redundant and {n} primary chunks)", r, _U32_MAX - n + 1
+        )
+        self.chunks = [
+            _as_chunk(c, bits, tokens_per_chunk, f"chunk {self.first_chunk + i}") for i, c in enumerate(self.chunks)
+        ]
+        self.redundant = [
+            _as_chunk(c, bits, tokens_per_chunk, f"redundant chunk {self.first_chunk - r + i}")
+            for i, c in enumerate(self.redundant)
+        ]
+
     @property
     def silence(self) -> bool:
         return bool(self.flags & AudioFlags.SILENCE)
@@ -455,32 +478,7 @@ class AudioPacket(_ChunkedAudio):
         self.tokens_per_chunk = _check_int(self.tokens_per_chunk, "tokens per chunk", 1, 255)
         self.timestamp_ms = _check_int(self.timestamp_ms, "timestamp", 0, _U32_MAX)
         self.flags = AudioFlags(_check_int(self.flags, "flags", 0, (1 << _FLAG_BITS) - 1))
-        if isinstance(self.chunks, np.ndarray) or not isinstance(self.chunks, (list, tuple)):
-            raise PacketError("bad_field", "chunks must be a list of token arrays")
-        if isinstance(self.redundant, np.ndarray) or not isinstance(self.redundant, (list, tuple)):
-            raise PacketError("bad_field", "redundant must be a list of token arrays")
-        n, r = len(self.chunks), len(self.redundant)
-        if not 1 <= n <= MAX_CHUNKS:
-            raise PacketError("bad_field", f"an AUDIO packet carries 1..{MAX_CHUNKS} chunks, got {n}")
-        if r > MAX_REDUNDANT:
-            raise PacketError(
-                "bad_field", f"an AUDIO packet carries 0..{MAX_REDUNDANT} redundant chunks, got {r}"
-            )
-        # Redundant chunks F-r..F-1 must exist (F >= r) and the last primary index must fit in a u32.
-        self.first_chunk = _check_int(
-            self.first_chunk,
-            f"first chunk index (with {r} redundant and {n} primary chunks)",
-            r,
-            _U32_MAX - n + 1,
-        )
-        self.chunks = [
-            _as_chunk(c, self.bits, self.tokens_per_chunk, f"chunk {self.first_chunk + i}")
-            for i, c in enumerate(self.chunks)
-        ]
-        self.redundant = [
-            _as_chunk(c, self.bits, self.tokens_per_chunk, f"redundant chunk {self.first_chunk - r + i}")
-            for i, c in enumerate(self.redundant)
-        ]
+        self._validate_chunks(MAX_CHUNKS, "an AUDIO packet", self.bits, self.tokens_per_chunk)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AudioPacket):
@@ -644,33 +642,8 @@ class CompactAudioPacket(_ChunkedAudio):
                 raise PacketError(
                     "bad_field", f"echo hold time must be a multiple of {ECHO_HOLD_UNIT_MS} ms, got {self.echo_hold_ms}"
                 )
-        if isinstance(self.chunks, np.ndarray) or not isinstance(self.chunks, (list, tuple)):
-            raise PacketError("bad_field", "chunks must be a list of token arrays")
-        if isinstance(self.redundant, np.ndarray) or not isinstance(self.redundant, (list, tuple)):
-            raise PacketError("bad_field", "redundant must be a list of token arrays")
-        n, r = len(self.chunks), len(self.redundant)
-        if not 1 <= n <= MAX_COMPACT_CHUNKS:
-            raise PacketError(
-                "bad_field", f"a compact AUDIO frame carries 1..{MAX_COMPACT_CHUNKS} chunks, got {n}"
-            )
-        if r > MAX_REDUNDANT:
-            raise PacketError(
-                "bad_field", f"a compact AUDIO frame carries 0..{MAX_REDUNDANT} redundant chunks, got {r}"
-            )
-        self.first_chunk = _check_int(
-            self.first_chunk,
-            f"first chunk index (with {r} redundant and {n} primary chunks)",
-            r,
-            _U32_MAX - n + 1,
-        )
-        bits, tpc = self.geometry.bits, self.geometry.tokens_per_chunk
-        self.chunks = [
-            _as_chunk(c, bits, tpc, f"chunk {self.first_chunk + i}") for i, c in enumerate(self.chunks)
-        ]
-        self.redundant = [
-            _as_chunk(c, bits, tpc, f"redundant chunk {self.first_chunk - r + i}")
-            for i, c in enumerate(self.redundant)
-        ]
+        self._validate_chunks(MAX_COMPACT_CHUNKS, "a compact AUDIO frame", self.geometry.bits,
+                              self.geometry.tokens_per_chunk)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CompactAudioPacket):
