@@ -1,0 +1,424 @@
+"""The multi-stage trainer: runs the stages of a :class:`TrainConfig` in order, resumable at any step.
+
+What each stage kind trains (``freeze`` removes more parts) and on what:
+
+========= ======================================= =====================================================
+kind      trainable                               loss
+========= ======================================= =====================================================
+e2e       encoder, compressor, decompressor,      mel + STFT on the 24 kHz waveform, BSQ entropy,
+          decoder                                 (teacher feature MSE), (adversarial + feature matching)
+decoder   decoder                                 the same waveform losses, from teacher features or from
+                                                  the frozen codec's decompressed features
+encoder   encoder                                 MSE to teacher features
+quantizer compressor, decompressor                MSE to the frozen causal encoder's features + entropy
+joint     encoder, compressor, decompressor       MSE to teacher features + entropy (decoder frozen)
+========= ======================================= =====================================================
+
+Checkpoints (``out_dir``): ``last.pt`` holds everything (fp32 weights, optimiser moments, RNG, position)
+for an exact resume; ``compact/`` holds what is small enough to commit (fp16 model and discriminator
+weights + ``trainer.json``): resuming from it restarts the optimiser moments with a short warm-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from codec.model import FocalCodec
+
+from .config import StageConfig, TrainConfig
+from .data import CropSampler, fixed_validation_set, load_corpus, split_by_speaker
+from .discriminators import Discriminators
+from .losses import (
+    MultiResolutionLoss,
+    bsq_entropy_loss,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    straight_through,
+)
+from .teacher import make_teacher
+
+log = logging.getLogger("focalchat.train")
+
+PARTS = ("encoder", "compressor", "decompressor", "decoder")
+TRAINABLE = {
+    "e2e": PARTS,
+    "decoder": ("decoder",),
+    "encoder": ("encoder",),
+    "quantizer": ("compressor", "decompressor"),
+    "joint": ("encoder", "compressor", "decompressor"),
+}
+COMPACT_VERSION = 1
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(stage: StageConfig, step: int, rewarm_from: int | None = None) -> float:
+    """Linear warm-up then cosine decay to ``lr * min_lr_ratio``; ``rewarm_from`` restarts the warm-up there."""
+    scale = 1.0
+    if stage.warmup_steps > 0:
+        since = step if rewarm_from is None else step - rewarm_from
+        if since < stage.warmup_steps:
+            scale = (since + 1) / stage.warmup_steps
+    progress = min(1.0, step / max(1, stage.steps))
+    cos = stage.min_lr_ratio + (1 - stage.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return stage.lr * cos * scale
+
+
+@dataclass
+class Position:
+    stage: int = 0
+    step: int = 0  # steps done in this stage
+    total_steps: int = 0
+    elapsed_s: float = 0.0
+    rewarm_from: int | None = None
+
+
+class Trainer:
+    """Owns the model, the data, the optimisers and the checkpoints of one run."""
+
+    def __init__(self, cfg: TrainConfig, out_dir: str | Path, device: str = "auto",
+                 init_from: str | Path | None = None, data_base: Path | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(device)
+        self.progress = progress
+        if self.device.type == "cpu" and cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.model = FocalCodec(cfg.model)
+        if init_from:
+            from codec.pretrained import load_pretrained
+
+            src = load_pretrained(init_from)
+            missing, unexpected = self.model.load_state_dict(src.state_dict(), strict=False)
+            log.info("initialised from %s (missing %d, unexpected %d keys)", init_from, len(missing), len(unexpected))
+        self.model.to(self.device)
+        self.rate_out = cfg.model.sample_rate_output
+        self.spec_loss = MultiResolutionLoss(self.rate_out, fmax=self.rate_out / 2).to(self.device)
+        self.teacher = make_teacher(cfg.teacher, self.device)
+        self.discs: Discriminators | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.opt_d: torch.optim.Optimizer | None = None
+        self.pos = Position()
+        utts = load_corpus(cfg.data.manifests, base=data_base)
+        self.train_utts, self.valid_utts = split_by_speaker(utts, cfg.data.valid_fraction, cfg.seed)
+        log.info("data: %d training utterances (%.1f min), %d validation", len(self.train_utts),
+                 sum(u.audio.shape[0] for u in self.train_utts) / 16000 / 60, len(self.valid_utts))
+        self._samplers: dict[int, CropSampler] = {}
+        self._valid = None
+        self.history: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ set-up per stage
+    @property
+    def stage(self) -> StageConfig:
+        return self.cfg.stages[self.pos.stage]
+
+    def _sampler(self, chunks: int) -> CropSampler:
+        if chunks not in self._samplers:
+            seg = chunks * self.cfg.model.chunk_size
+            self._samplers[chunks] = CropSampler(self.train_utts, seg, self.cfg.data.augment, self.rate_out,
+                                                 self.cfg.data.min_rms_dbfs, seed=self.cfg.seed + 17 * chunks + self.pos.total_steps)
+        return self._samplers[chunks]
+
+    def trainable_parts(self, stage: StageConfig) -> tuple[str, ...]:
+        return tuple(p for p in TRAINABLE[stage.kind] if p not in stage.freeze)
+
+    def _setup_stage(self) -> None:
+        st = self.stage
+        parts = self.trainable_parts(st)
+        self.model.requires_grad_(False)
+        params = []
+        for p in parts:
+            mod = getattr(self.model, p)
+            mod.requires_grad_(True)
+            params += [q for q in mod.parameters()]
+        self.model.train()
+        self.opt = torch.optim.AdamW(params, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay)
+        if st.adversarial:
+            if self.discs is None:
+                self.discs = Discriminators().to(self.device)
+            self.opt_d = torch.optim.AdamW(self.discs.parameters(), lr=st.disc_lr or st.lr, betas=st.betas,
+                                           weight_decay=st.weight_decay)
+        else:
+            self.opt_d = None
+        log.info("stage %s (%s): %d steps, training %s (%.2f M parameters)", st.name, st.kind, st.steps,
+                 ", ".join(parts), sum(p.numel() for p in params) / 1e6)
+
+    # ------------------------------------------------------------------ one step
+    def _codec_path(self, sig: Tensor, st: StageConfig, grad_encoder: bool) -> dict[str, Tensor]:
+        m = self.model
+        with torch.set_grad_enabled(grad_encoder):
+            feats = m.sig_to_feats(sig)
+            lats = m.feats_to_lats(feats)
+        codes = straight_through(lats, m.lats_to_codes(lats))
+        return {"feats": feats, "lats": lats, "codes": codes}
+
+    def compute_losses(self, sig: Tensor, target: Tensor, st: StageConfig) -> tuple[Tensor, dict[str, float], Tensor | None]:
+        """Generator-side loss of one batch; returns (loss, scalars for the log, generated waveform or None)."""
+        m = self.model
+        logs: dict[str, float] = {}
+        loss = sig.new_zeros(())
+        rec = None
+        if st.kind in ("e2e", "quantizer", "joint"):
+            enc_grad = st.kind != "quantizer" and "encoder" not in st.freeze
+            out = self._codec_path(sig, st, enc_grad)
+            if st.entropy_weight > 0:
+                ent, usage = bsq_entropy_loss(out["lats"])
+                loss = loss + st.entropy_weight * ent
+                logs["entropy"] = float(ent.detach())
+                logs["bit_usage"] = float(usage)
+            if st.commit_weight > 0:
+                c = F.mse_loss(out["lats"], out["codes"].detach())
+                loss = loss + st.commit_weight * c
+                logs["commit"] = float(c.detach())
+            qfeats = m.codes_to_qfeats(out["codes"])
+            if st.kind == "e2e":
+                if self.teacher is not None and st.feature_weight > 0:
+                    f = F.mse_loss(out["feats"], self.teacher(sig))
+                    loss = loss + st.feature_weight * f
+                    logs["feature"] = float(f.detach())
+                rec = m.feats_to_sig(qfeats)
+            else:
+                ref = out["feats"].detach() if st.kind == "quantizer" else self.teacher(sig)
+                f = F.mse_loss(qfeats, ref)
+                loss = loss + st.feature_weight * f if st.feature_weight > 0 else loss + f
+                logs["feature"] = float(f.detach())
+        elif st.kind == "encoder":
+            f = F.mse_loss(m.sig_to_feats(sig), self.teacher(sig))
+            loss = loss + f
+            logs["feature"] = float(f.detach())
+        elif st.kind == "decoder":
+            with torch.no_grad():
+                feats = self.teacher(sig) if self.teacher is not None else m.sig_to_qfeats(sig)
+            rec = m.feats_to_sig(feats)
+        if rec is not None:
+            rec = rec[:, : target.shape[1]]
+            mel, stft = self.spec_loss(rec, target)
+            loss = loss + st.mel_weight * mel + st.stft_weight * stft
+            logs["mel"] = float(mel.detach())
+            logs["stft"] = float(stft.detach())
+        return loss, logs, rec
+
+    def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
+        st = self.stage
+        loss, logs, rec = self.compute_losses(sig, target, st)
+        use_gan = st.adversarial and rec is not None and self.pos.step >= st.disc_start
+        if use_gan:
+            assert self.discs is not None and self.opt_d is not None
+            self.discs.requires_grad_(False)
+            fake_logits, fake_feats = self.discs(rec)
+            with torch.no_grad():
+                _, real_feats = self.discs(target)
+            g = hinge_g_loss(fake_logits)
+            fm = feature_matching_loss(real_feats, fake_feats)
+            loss = loss + st.adv_weight * g + st.fm_weight * fm
+            logs["adv_g"] = float(g.detach())
+            logs["fm"] = float(fm.detach())
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g_ in self.opt.param_groups for p in g_["params"]]
+        gn = torch.nn.utils.clip_grad_norm_(params, st.grad_clip)
+        if torch.isfinite(gn):
+            self.opt.step()
+        else:
+            logs["skipped"] = 1.0
+        if use_gan:
+            self.discs.requires_grad_(True)
+            real_logits, _ = self.discs(target)
+            fake_logits, _ = self.discs(rec.detach())
+            d = hinge_d_loss(real_logits, fake_logits)
+            self.opt_d.zero_grad(set_to_none=True)
+            d.backward()
+            torch.nn.utils.clip_grad_norm_(self.discs.parameters(), st.grad_clip)
+            self.opt_d.step()
+            logs["adv_d"] = float(d.detach())
+        logs["loss"] = float(loss.detach())
+        logs["grad_norm"] = float(gn)
+        return logs
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Unaugmented held-out crops through the whole codec: mel/STFT loss, bit usage, distinct tokens."""
+        if self._valid is None:
+            utts = self.valid_utts or self.train_utts
+            self._valid = fixed_validation_set(utts, 16 * self.cfg.model.chunk_size, 16, self.rate_out)
+        x, y = (torch.from_numpy(a).to(self.device) for a in self._valid)
+        was = self.model.training
+        self.model.eval()
+        lats = self.model.sig_to_lats(x)
+        rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
+        mel, stft = self.spec_loss(rec, y)
+        toks = self.model.lats_to_toks(lats)
+        _, usage = bsq_entropy_loss(lats)
+        self.model.train(was)
+        return {"val_mel": float(mel), "val_stft": float(stft), "val_bit_usage": float(usage),
+                "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Write last.pt (exact resume) and compact/ (fp16, small enough to commit), atomically."""
+        from safetensors.torch import save_file
+
+        state = {
+            "config": self.cfg.to_dict(),
+            "position": self.pos.__dict__,
+            "model": self.model.state_dict(),
+            "discs": self.discs.state_dict() if self.discs is not None else None,
+            "opt": self.opt.state_dict() if self.opt is not None else None,
+            "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "samplers": {k: s.rng.bit_generator.state for k, s in self._samplers.items()},
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.out / "last.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self.out / "last.pt")
+        compact = self.out / "compact"
+        self.model.save_pretrained(compact, dtype=torch.float16)
+        if self.discs is not None:
+            save_file({k: v.detach().cpu().half().contiguous() for k, v in self.discs.state_dict().items()},
+                      str(compact / "discriminators.safetensors.tmp"))
+            os.replace(compact / "discriminators.safetensors.tmp", compact / "discriminators.safetensors")
+        meta = {"format": "focalchat-train-compact", "version": COMPACT_VERSION, "position": self.pos.__dict__,
+                "stage_name": self.stage.name, "config": self.cfg.to_dict(), "history_tail": self.history[-20:]}
+        (compact / "trainer.json.tmp").write_text(json.dumps(meta, indent=1))
+        os.replace(compact / "trainer.json.tmp", compact / "trainer.json")
+
+    def load(self, path: str | Path) -> None:
+        """Resume from ``last.pt`` or a compact folder (see the module docstring)."""
+        p = Path(path)
+        if p.is_dir() and (p / "last.pt").exists():
+            p = p / "last.pt"
+        if p.is_file():
+            state = torch.load(p, map_location=self.device, weights_only=False)
+            self.pos = Position(**state["position"])
+            self.model.load_state_dict(state["model"])
+            self._setup_stage()
+            if state.get("discs") is not None and self.discs is not None:
+                self.discs.load_state_dict(state["discs"])
+            if state.get("opt"):
+                self.opt.load_state_dict(state["opt"])
+            if state.get("opt_d") and self.opt_d is not None:
+                self.opt_d.load_state_dict(state["opt_d"])
+            for k, s in state.get("samplers", {}).items():
+                self._sampler(int(k)).rng.bit_generator.state = s
+            torch.set_rng_state(state["torch_rng"])
+            log.info("resumed exactly from %s at stage %d step %d", p, self.pos.stage, self.pos.step)
+            return
+        compact = p / "compact" if (p / "compact").is_dir() else p
+        meta_path = compact / "trainer.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{path}: no last.pt and no compact checkpoint (trainer.json) to resume from")
+        from safetensors.torch import load_file
+
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != "focalchat-train-compact" or meta.get("version") != COMPACT_VERSION:
+            raise ValueError(f"{meta_path}: not a compact training checkpoint of version {COMPACT_VERSION}")
+        self.pos = Position(**meta["position"])
+        weights = load_file(str(compact / "model.safetensors"))
+        self.model.load_state_dict({k: v.float() for k, v in weights.items()})
+        self._setup_stage()
+        if self.discs is not None and (compact / "discriminators.safetensors").exists():
+            dw = load_file(str(compact / "discriminators.safetensors"))
+            self.discs.load_state_dict({k: v.float() for k, v in dw.items()})
+        self.pos.rewarm_from = self.pos.step
+        log.info("resumed from compact checkpoint %s at stage %d step %d (optimiser restarted with warm-up)",
+                 compact, self.pos.stage, self.pos.step)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, max_minutes: float | None = None, resume: str | Path | None = None) -> bool:
+        """Train until every stage is done (True) or ``max_minutes`` have passed (False); checkpoints either way."""
+        from tqdm import tqdm
+
+        if resume is not None:
+            self.load(resume)
+        elif self.opt is None:
+            self._setup_stage()
+        t_start = time.monotonic()
+        t_ckpt = t_start
+        log_path = self.out / "train.log.jsonl"
+        while self.pos.stage < len(self.cfg.stages):
+            st = self.stage
+            bar = tqdm(total=st.steps, initial=self.pos.step, desc=f"{st.name}", disable=not self.progress,
+                       dynamic_ncols=True)
+            bs = st.batch_size or self.cfg.data.batch_size
+            sampler = self._sampler(st.segment_chunks or self.cfg.data.segment_chunks)
+            acc: dict[str, list[float]] = {}
+            t_log = time.monotonic()
+            while self.pos.step < st.steps:
+                lr = lr_at(st, self.pos.step, self.pos.rewarm_from)
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                if self.opt_d is not None:
+                    for g in self.opt_d.param_groups:
+                        g["lr"] = lr * (st.disc_lr or st.lr) / st.lr
+                x, y = sampler.batch(bs)
+                logs = self.train_step(torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
+                for k, v in logs.items():
+                    acc.setdefault(k, []).append(v)
+                self.pos.step += 1
+                self.pos.total_steps += 1
+                bar.update(1)
+                now = time.monotonic()
+                if self.pos.step % self.cfg.log_every == 0 or self.pos.step == st.steps:
+                    rec = {"stage": st.name, "step": self.pos.step, "total_steps": self.pos.total_steps, "lr": lr,
+                           "s_per_step": (now - t_log) / max(1, len(acc.get("loss", [1]))),
+                           **{k: float(np.mean(v)) for k, v in acc.items()}}
+                    if self.pos.step % self.cfg.valid_every == 0 or self.pos.step == st.steps:
+                        rec.update(self.validate())
+                    rec["elapsed_min"] = (self.pos.elapsed_s + now - t_start) / 60
+                    self.history.append(rec)
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("loss", "mel", "bit_usage", "val_mel") if k in rec})
+                    log.debug("%s", rec)
+                    acc = {}
+                    t_log = now
+                out_of_time = max_minutes is not None and (now - t_start) / 60 >= max_minutes
+                if (self.pos.step % self.cfg.checkpoint_every == 0
+                        or (now - t_ckpt) / 60 >= self.cfg.checkpoint_minutes or out_of_time):
+                    self.pos.elapsed_s += now - t_start
+                    t_start = now
+                    self.save()
+                    t_ckpt = now
+                if out_of_time:
+                    bar.close()
+                    log.info("time budget reached at stage %s step %d; checkpoint saved in %s", st.name,
+                             self.pos.step, self.out)
+                    return False
+            bar.close()
+            self.pos.stage += 1
+            self.pos.step = 0
+            self.pos.rewarm_from = None
+            if self.pos.stage < len(self.cfg.stages):
+                self._setup_stage()
+            self.pos.elapsed_s += time.monotonic() - t_start
+            t_start = time.monotonic()
+            self.save() if self.pos.stage < len(self.cfg.stages) else None
+        self.pos.stage = len(self.cfg.stages) - 1
+        self.pos.step = self.cfg.stages[-1].steps
+        self.save()
+        return True
+
+    def export(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+        """Save the trained codec as a model folder (config.json + fp16 model.safetensors)."""
+        self.model.eval()
+        return self.model.to("cpu").save_pretrained(folder, dtype=dtype)

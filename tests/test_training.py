@@ -1,0 +1,282 @@
+"""Training pipeline: config, data, losses, the multi-stage trainer, checkpoints and resume (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec.config import ConfigError
+from codec.presets import tiny_config
+from codec.training.config import AugmentConfig, DataConfig, StageConfig, TeacherConfig, TrainConfig
+from codec.training.data import CropSampler, Utterance, load_corpus, read_manifest, split_by_speaker
+from codec.training.losses import (
+    MultiResolutionLoss,
+    bsq_entropy_loss,
+    feature_matching_loss,
+    hinge_d_loss,
+    hinge_g_loss,
+    mel_filterbank,
+    straight_through,
+)
+from codec.training.trainer import Trainer, lr_at
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def manifest(tmp_path, speech_16k) -> Path:
+    """Four 'speakers', each a slice of the bundled clip at a different gain."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rows = ["path\tduration_s\tspeaker\tgender"]
+    n = speech_16k.shape[0] // 2
+    for i in range(4):
+        x = speech_16k[(i % 2) * n // 2 : (i % 2) * n // 2 + n] * (0.5 + 0.2 * i)
+        sf.write(folder / f"s{i}.flac", x, 16000)
+        rows.append(f"s{i}.flac\t{n / 16000:.3f}\t{100 + i}\tF")
+    m = folder / "train.tsv"
+    m.write_text("\n".join(rows) + "\n")
+    return m
+
+
+def _cfg(manifest: Path, stages: list[StageConfig], **kw) -> TrainConfig:
+    data = DataConfig(manifests=(str(manifest),), valid_fraction=0.25, segment_chunks=4, batch_size=2)
+    return TrainConfig(model=tiny_config(bits=16), stages=tuple(stages), data=data, threads=1, log_every=1,
+                       valid_every=2, checkpoint_every=1000, **kw)
+
+
+E2E = StageConfig(name="e2e", kind="e2e", steps=3, lr=1e-3, warmup_steps=1, mel_weight=1.0, commit_weight=0.02)
+GAN = StageConfig(name="gan", kind="decoder", steps=2, lr=1e-4, warmup_steps=1, adversarial=True, segment_chunks=3)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_config_json_round_trip(tmp_path, manifest):
+    cfg = _cfg(manifest, [E2E, GAN])
+    cfg.save(tmp_path / "c.json")
+    again = TrainConfig.load(tmp_path / "c.json")
+    assert again == cfg
+
+
+def test_bundled_config_loads_and_fits_the_shipping_limits():
+    cfg = TrainConfig.load(REPO / "codec" / "training" / "configs" / "small_cpu.json")
+    from codec.model import FocalCodec
+
+    model = FocalCodec(cfg.model)
+    assert model.num_params() * 2 <= 20e6  # fp16 weights within the 20 MB budget
+    assert model.bits_per_token == 16 and model.causal and model.chunk_size == 1280
+    assert [s.kind for s in cfg.stages] == ["e2e", "decoder"]
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["stages"][0].update(kind="bogus"), "kind must be one of"),
+    (lambda d: d["stages"][0].update(colour="red"), "unknown keys"),
+    (lambda d: d["stages"].append(dict(d["stages"][0])), "unique"),
+    (lambda d: d["stages"][0].update(kind="encoder"), "needs a teacher"),
+    (lambda d: d.pop("stages"), "missing"),
+    (lambda d: d["stages"][0].update(freeze=["wings"]), "unknown parts"),
+    (lambda d: d["teacher"].update(kind="oracle"), "teacher.kind"),
+])
+def test_config_errors_are_clear(manifest, mutate, message):
+    d = _cfg(manifest, [E2E]).to_dict()
+    mutate(d)
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(d)
+
+
+def test_missing_or_broken_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such"):
+        TrainConfig.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        TrainConfig.load(tmp_path / "bad.json")
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_manifest_and_speaker_split(manifest):
+    rows = read_manifest(manifest)
+    assert len(rows) == 4 and all(Path(p).exists() for p, _ in rows)
+    utts = load_corpus([str(manifest)])
+    train, valid = split_by_speaker(utts, 0.25, seed=0)
+    assert len(valid) == 1 and len(train) == 3
+    assert not {u.speaker for u in train} & {u.speaker for u in valid}
+
+
+def test_manifest_without_path_column(tmp_path):
+    (tmp_path / "m.tsv").write_text("file\tspeaker\nx.flac\t1\n")
+    with pytest.raises(ValueError, match="'path' column"):
+        read_manifest(tmp_path / "m.tsv")
+
+
+def test_crops_shapes_levels_and_determinism(speech_16k):
+    utts = [Utterance("a", "1", speech_16k)]
+    aug = AugmentConfig(noise_prob=0.5, reverb_prob=0.5)
+    a = CropSampler(utts, 2560, aug, out_rate=24000, seed=3)
+    x, y = a.batch(6)
+    assert x.shape == (6, 2560) and y.shape == (6, 3840)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert np.all(np.abs(x) <= 0.99 + 1e-6)
+    rms = 10 * np.log10(np.mean(x**2, axis=1))
+    assert np.all(rms <= aug.gain_dbfs[1] + 0.5) and np.all(rms >= aug.gain_dbfs[0] - 12)  # peak limit may lower it
+    # the target is the same signal at 24 kHz: equal energy per second (band-limited resampling)
+    assert np.allclose(np.mean(x**2, axis=1), np.mean(y**2, axis=1), rtol=0.2)
+    b = CropSampler(utts, 2560, aug, out_rate=24000, seed=3)
+    assert np.array_equal(b.batch(6)[0], x)
+
+
+def test_short_utterance_is_padded():
+    utts = [Utterance("a", "1", (np.random.default_rng(0).standard_normal(500) * 0.1).astype(np.float32))]
+    x, y = CropSampler(utts, 1280, AugmentConfig(), seed=0).batch(2, augment=False)
+    assert x.shape == (2, 1280) and np.all(x[:, 600:] == 0)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def test_mel_filterbank_shape_and_coverage():
+    fb = mel_filterbank(24000, 1024, 80, 0.0, 12000)
+    assert fb.shape == (80, 513) and np.all(fb >= 0)
+    assert np.all(fb.sum(axis=1) > 0)  # no empty band
+
+
+def test_multiresolution_loss():
+    loss = MultiResolutionLoss(24000)
+    x = torch.randn(2, 24000) * 0.1
+    mel, stft = loss(x, x)
+    assert float(mel) == pytest.approx(0, abs=1e-6) and float(stft) == pytest.approx(0, abs=1e-6)
+    mel2, stft2 = loss(x * 0.5, x)
+    assert float(mel2) > 0.5 and float(stft2) > 0.5
+
+
+def test_entropy_loss_rewards_used_confident_bits():
+    torch.manual_seed(0)
+    spread = torch.nn.functional.normalize(torch.randn(4, 64, 16), dim=-1)  # every bit half the time
+    _, usage = bsq_entropy_loss(spread)
+    assert float(usage) > 15.5
+    stuck = torch.nn.functional.normalize(torch.ones(4, 64, 16) + 0.01 * torch.randn(4, 64, 16), dim=-1)
+    loss_stuck, usage_stuck = bsq_entropy_loss(stuck)
+    loss_spread, _ = bsq_entropy_loss(spread)
+    assert float(usage_stuck) < 3.0 and float(loss_stuck) > float(loss_spread)
+
+
+def test_straight_through_passes_gradient():
+    lats = torch.randn(3, 5, requires_grad=True)
+    codes = torch.sign(lats.detach())
+    out = straight_through(lats, codes)
+    assert torch.equal(out, codes)
+    out.sum().backward()
+    assert torch.equal(lats.grad, torch.ones(3, 5))
+
+
+def test_gan_losses():
+    real, fake = [torch.full((2, 4), 2.0)], [torch.full((2, 4), -2.0)]
+    assert float(hinge_d_loss(real, fake)) == 0.0 and float(hinge_g_loss(fake)) == 3.0
+    f = [[torch.ones(2, 3)]]
+    assert float(feature_matching_loss(f, f)) == 0.0
+
+
+def test_lr_schedule():
+    st = StageConfig(name="s", kind="e2e", steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(st, 0) == pytest.approx(0.1)
+    assert lr_at(st, 10) == pytest.approx(1.0, rel=0.03)
+    assert lr_at(st, 100) == pytest.approx(0.1)
+    assert lr_at(st, 50, rewarm_from=50) < lr_at(st, 49)
+
+
+# ---------------------------------------------------------------------------------------------- trainer
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_stages_train_only_their_parts(tmp_path, manifest):
+    cfg = _cfg(manifest, [E2E, GAN])
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    before = _weights(tr)
+    assert tr.run() is True
+    after = _weights(tr)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"encoder", "compressor", "decompressor", "decoder"}
+    # the decoder stage alone leaves everything but the decoder untouched
+    tr2 = Trainer(_cfg(manifest, [GAN]), tmp_path / "run2", progress=False)
+    b2 = _weights(tr2)
+    tr2.run()
+    a2 = _weights(tr2)
+    assert {k.split(".")[0] for k in b2 if not torch.equal(b2[k], a2[k])} == {"decoder"}
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.log.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in log].count("e2e") == 3
+    gan = [r for r in log if r["stage"] == "gan"]
+    assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "val_mel"))
+    assert all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_exact_resume_matches_uninterrupted_run(tmp_path, manifest):
+    stages = [replace(E2E, steps=4)]
+    full = Trainer(_cfg(manifest, stages), tmp_path / "full", progress=False)
+    full.run()
+    part = Trainer(_cfg(manifest, stages), tmp_path / "part", progress=False)
+    part.run(max_minutes=0.0)  # stops after the first step, with a checkpoint
+    assert (tmp_path / "part" / "last.pt").exists() and part.pos.step == 1
+    resumed = Trainer(_cfg(manifest, stages), tmp_path / "part", progress=False)
+    assert resumed.run(resume=tmp_path / "part") is True
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_compact_checkpoint_resumes_and_exports(tmp_path, manifest):
+    cfg = _cfg(manifest, [replace(E2E, steps=2), GAN])
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    tr.run(max_minutes=0.0)
+    compact = tmp_path / "run" / "compact"
+    assert (compact / "model.safetensors").exists() and (compact / "trainer.json").exists()
+    assert (compact / "model.safetensors").stat().st_size < 0.6 * (tmp_path / "run" / "last.pt").stat().st_size
+    (tmp_path / "run" / "last.pt").unlink()  # as after a fresh clone: only the committed compact folder
+    again = Trainer(cfg, tmp_path / "run", progress=False)
+    assert again.run(resume=compact) is True
+    assert again.pos.stage == 1 and (compact / "discriminators.safetensors").exists()
+    folder = again.export(tmp_path / "model")
+    from codec.pretrained import load_pretrained
+
+    model = load_pretrained(folder)
+    sig = torch.randn(1, 2 * 1280) * 0.1
+    toks, state = model.encode_step(sig)
+    out, _ = model.decode_step(toks)
+    assert toks.shape == (1, 8) and out.shape == (1, 2 * 1920) and torch.isfinite(out).all()
+
+
+def test_resume_from_nothing_is_a_clear_error(tmp_path, manifest):
+    tr = Trainer(_cfg(manifest, [E2E]), tmp_path / "run", progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing|no last.pt"):
+        tr.run(resume=tmp_path / "empty")
+
+
+def test_training_reduces_the_reconstruction_loss(tmp_path, manifest):
+    """A few dozen steps on one speaker's crops: the validation mel distance falls."""
+    stage = replace(E2E, steps=40, lr=3e-3, warmup_steps=5)
+    cfg = _cfg(manifest, [stage])
+    cfg = replace(cfg, data=replace(cfg.data, augment=AugmentConfig(speed=(1.0, 1.0), noise_prob=0, reverb_prob=0)),
+                  valid_every=40, log_every=40)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    first = tr.validate()["val_mel"]
+    tr.run()
+    assert tr.validate()["val_mel"] < first - 0.3
+
+
+def test_cli_reports_bad_config(tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"stages": []}))
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", str(tmp_path / "bad.json")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "focalchat train:" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", "no_such_config"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "small_cpu" in r.stderr
+
+
+def test_teacher_stage_needs_a_source(tmp_path, manifest):
+    cfg = _cfg(manifest, [E2E], teacher=TeacherConfig(kind="checkpoint", source=""))
+    with pytest.raises(ValueError, match="needs a source"):
+        Trainer(cfg, tmp_path / "run", progress=False)
