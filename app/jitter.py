@@ -139,6 +139,14 @@ class PlayoutItem:
     recovered: bool = False
     #: Chunks declared lost at this tick (LOSS: >= 1; TOKENS: after a hold).
     lost: int = 0
+    #: EMPTY only: the last chunk played was silence (a DTX pause or a silent tick inserted before a silent
+    #: chunk): play comfort noise, nothing was lost.
+    pause: bool = False
+    #: TOKENS only: when the chunk arrived (the ``put`` time) and its position among the primary chunks of its
+    #: packet (0 for the first; None for a redundant copy): ``now - arrival_s - position * chunk`` is the time
+    #: the packet's first chunk would have waited in the buffer (the packetisation saw-tooth taken out).
+    arrival_s: float | None = None
+    position: int | None = None
 
 
 @dataclass
@@ -189,6 +197,7 @@ class _Entry:
     silence: bool
     talkspurt: bool
     arrival_s: float
+    position: int | None = None
 
 
 class _State(enum.Enum):
@@ -310,6 +319,11 @@ class JitterBuffer:
         return self._target
 
     @property
+    def talkspurts(self) -> int:
+        """Talkspurts restarted after a DTX gap so far (cheap; :attr:`stats` copies every counter)."""
+        return self._st.talkspurts
+
+    @property
     def jitter(self) -> float:
         """RFC 3550 interarrival jitter estimate, in chunks."""
         return self._jitter
@@ -384,6 +398,7 @@ class JitterBuffer:
         sender_time_ms: int | None = None,
         silence: bool | None = None,
         talkspurt_start: bool = False,
+        position: int | None = None,
     ) -> PutResult:
         """Offer one received chunk copy.
 
@@ -399,6 +414,8 @@ class JitterBuffer:
             silence: the chunk is silence (may be dropped/stretched); None: ask
                 ``is_silence``, else assume speech.
             talkspurt_start: the sender resumes after a DTX pause with this chunk.
+            position: where the chunk sits among its packet's primary chunks (0 = first), passed back on
+                the :class:`PlayoutItem` (see ``PlayoutItem.arrival_s``); None = unknown.
         """
         idx = operator.index(chunk_index)
         if idx < 0:
@@ -413,7 +430,7 @@ class JitterBuffer:
                 st.restarts += 1
                 self._restart(idx, arrival_time_s)
                 return self._store(
-                    idx, tokens, arrival_time_s, redundant, sender_time_ms, silence, talkspurt_start
+                    idx, tokens, arrival_time_s, redundant, sender_time_ms, silence, talkspurt_start, position
                 )
             if not redundant and behind > self.max_depth and self._state is _State.PLAYING:
                 # A primary chunk this far behind is no network delay: a run of them is a restarted stream.
@@ -446,7 +463,9 @@ class JitterBuffer:
                 return PutResult.FOREIGN
             st.resyncs += 1
             self._restart(idx, arrival_time_s)
-        return self._store(idx, tokens, arrival_time_s, redundant, sender_time_ms, silence, talkspurt_start)
+        return self._store(
+            idx, tokens, arrival_time_s, redundant, sender_time_ms, silence, talkspurt_start, position
+        )
 
     def _duplicate(self, idx: int, redundant: bool) -> PutResult:
         if redundant:
@@ -467,10 +486,13 @@ class JitterBuffer:
         sender_time_ms: int | None,
         silence: bool | None,
         talkspurt_start: bool,
+        position: int | None = None,
     ) -> PutResult:
         if silence is None:
             silence = bool(self.is_silence(tokens)) if self.is_silence is not None else False
-        self._buf[idx] = _Entry(tokens, redundant, bool(silence), bool(talkspurt_start), arrival_s)
+        self._buf[idx] = _Entry(
+            tokens, redundant, bool(silence), bool(talkspurt_start), arrival_s, None if redundant else position
+        )
         self._seen.add(idx)
         if not redundant:
             if self._max_primary is not None and idx < self._max_primary:
@@ -500,6 +522,7 @@ class JitterBuffer:
                 sender_time_ms=packet.timestamp_ms,
                 silence=None if red else silence,
                 talkspurt_start=(not red and idx == packet.first_chunk and packet.talkspurt_start),
+                position=None if red else idx - packet.first_chunk,
             )
             for idx, tokens, red in packet.iter_chunks()
         ]
@@ -535,7 +558,7 @@ class JitterBuffer:
             if not self._buf:
                 self._held = True
                 self._hold_ticks += 1
-                return PlayoutItem(PlayoutKind.EMPTY, self._next)
+                return PlayoutItem(PlayoutKind.EMPTY, self._next, pause=self._last_silence)
             # This tick's slot on the timeline from before the hold: the EMPTY
             # ticks of a hold stood in for the chunks that were due then.
             first = min(self._buf)
@@ -563,7 +586,7 @@ class JitterBuffer:
         elif depth < self._target and entry.silence and self._inserted_before != self._next:
             self._inserted_before = self._next  # at most once per chunk (the stream may be ending)
             st.inserted += 1
-            return PlayoutItem(PlayoutKind.EMPTY, self._next)
+            return PlayoutItem(PlayoutKind.EMPTY, self._next, pause=True)
         elif self._drop_budget > 0 and self._next + 1 in self._buf and (entry.silence or self._force_drop):
             del self._buf[self._next]
             self._next += 1
@@ -580,4 +603,5 @@ class JitterBuffer:
         st.played += 1
         if entry.redundant:
             st.recovered += 1
-        return PlayoutItem(PlayoutKind.TOKENS, index, entry.tokens, recovered=entry.redundant, lost=lost)
+        return PlayoutItem(PlayoutKind.TOKENS, index, entry.tokens, recovered=entry.redundant, lost=lost,
+                           arrival_s=entry.arrival_s, position=entry.position)

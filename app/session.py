@@ -52,11 +52,31 @@ Decisions (documented here because the GUI and CLI depend on them):
   ``PacketError.kind``; AUDIO packets with the wrong token geometry under ``foreign``; valid packets that
   make no sense now (audio before the handshake, a PONG for no ping) under ``unexpected``. All of them
   add up in ``CallStats.malformed`` and are dropped. Nothing a peer sends can raise out of the handler.
+* **Transmission, VAD and DTX.** Every chunk the encoder takes goes through an energy voice activity
+  detector (:class:`app.vad.VoiceActivityDetector`: 20 ms frames against ``vad_threshold_dbfs`` and a
+  tracked noise floor, 300 ms hangover). The *gate* is open when not muted (:meth:`CallSession.set_muted`)
+  and: always (``continuous``), while the push-to-talk key is down (``ptt``, :meth:`CallSession.set_ptt`)
+  or while the VAD is active (``vad``). Muted or PTT released, the encoder gets zeros instead of the
+  microphone. While the gate is open, packets whose primary chunks are all VAD-silent are flagged SILENCE
+  (the peer's jitter buffer may drop or stretch them: that is how it shrinks in speech pauses). When the
+  gate closes, the packet being filled is completed on its normal schedule, then one all-silent packet
+  flagged SILENCE goes out, then nothing (DTX; heartbeats keep the peer from declaring us lost). The chunk
+  counter keeps counting (a media clock); the first packet of the next talkspurt is flagged
+  TALKSPURT_START, so the peer restarts its buffer there, counts nothing as lost and plays comfort noise
+  (:meth:`app.conceal.StreamDecoder.pause`) in between. In ``vad`` mode with 2+ chunks per packet the
+  chunk before the onset leads the first packet (pre-roll, at no cost in delay). Untransmitted chunks are
+  not recorded.
+* **Playout clock.** The playout worker ticks every 80 ms with its phase locked to the arrivals: while
+  nothing plays it waits for the first AUDIO packet of a stream and ticks a few ms after it (see
+  :meth:`CallSession._playout_loop`).
 * **Concealment accounting.** ``concealed`` counts playout ticks the decoder filled by concealment: LOSS
-  ticks plus EMPTY ticks (buffer ran dry) after speech started. Invariant (no VAD / DTX in this version):
-  ``concealed == lost + underruns + waiting`` where ``waiting`` are EMPTY ticks not resolved yet (the
-  peer went quiet or stopped sending). ``played`` counts every chunk played, ``recovered`` the subset
-  played from a redundant copy; ``played + lost + dropped`` = chunks the timeline moved past.
+  ticks plus EMPTY ticks (buffer ran dry) after speech started, except pauses (an EMPTY tick after a
+  chunk flagged SILENCE), which are comfort noise and counted in ``comfort``. Invariant:
+  ``concealed == lost + underruns + waiting + pause_concealed`` where ``waiting`` are EMPTY ticks not
+  resolved yet (the peer went quiet or stopped sending) and ``pause_concealed`` EMPTY ticks that a
+  TALKSPURT_START later showed to be a pause (its SILENCE packet was lost). ``played`` counts every chunk
+  played, ``recovered`` the subset played from a redundant copy; ``played + lost + dropped`` = chunks the
+  timeline moved past, DTX gaps excepted.
 * **The session never closes the source or the sink** it was given; its owner does, after :meth:`stop`.
 """
 
@@ -85,6 +105,7 @@ from app.jitter import JitterBuffer, PlayoutKind
 from app.netsim import NetSim
 from app.packet import (
     ECHO_HOLD_UNIT_MS,
+    AudioFlags,
     MAX_CHUNKS,
     MAX_COMPACT_CHUNKS,
     MAX_ECHO_HOLD_MS,
@@ -105,6 +126,7 @@ from app.packet import (
     parse_packet,
 )
 from app.recording import RECEIVED, SENT, RecordingHeader, RecordingWriter
+from app.vad import LEVEL_FLOOR_DBFS, VoiceActivityDetector, rms_dbfs
 from app.transport import (
     ChannelClosed,
     ChannelOpen,
@@ -152,6 +174,10 @@ _TEXT_REPEATS = 2
 _REFUSE_LINGER_S = 0.3  # after refusing, let the HELLO_ACK leave before closing
 _BYE_LINGER_S = 0.1  # after BYE, let it leave before the transport closes
 _MAX_CATCHUP_TICKS = 6  # playout behind by more than this many chunks: resynchronise the clock
+TRANSMIT_MODES = ("continuous", "ptt", "vad")
+_VAD_HANGOVER_S = 0.3
+_LOCK_MARGIN_S = 0.006  # playout tick this long after the arrival it is locked to (decode starts then)
+_LOCK_SLACK_S = 0.02  # re-lock when every chunk of the last window waited more than margin + this
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,6 +256,14 @@ class CallConfig:
     sack_policy: str = "immediate"
     #: Delayed-ack timer of the "delayed" / "bundled" SACK policies (0 < s <= 0.5).
     sack_delay_s: float = 0.2
+    #: When audio is sent: "continuous", "ptt" (only while :meth:`CallSession.set_ptt` says pressed) or "vad"
+    #: (only while the voice activity detector hears speech, 300 ms hangover). Changeable during the call.
+    transmit_mode: str = "continuous"
+    #: Gain on what we hear, 0.0..2.0, applied before the limiter (:meth:`CallSession.set_output_volume`).
+    output_volume: float = 1.0
+    #: Voice activity threshold (dBFS, RMS of 20 ms frames): used by "vad" mode to gate, in every mode to
+    #: flag silent packets (the peer's jitter buffer may then drop or stretch them).
+    vad_threshold_dbfs: float = -45.0
 
     @classmethod
     def low_bandwidth(cls, **overrides: Any) -> CallConfig:
@@ -277,6 +311,22 @@ class CallConfig:
             raise ValueError("ping_interval_s must be >= 0 (0 disables pings)")
         if not 0 < self.limiter_ceiling <= 1:
             raise ValueError("limiter_ceiling must be in (0, 1]")
+        if self.transmit_mode not in TRANSMIT_MODES:
+            raise ValueError(f"transmit_mode must be one of {', '.join(TRANSMIT_MODES)}, got {self.transmit_mode!r}")
+        _check_volume(self.output_volume, "output_volume")
+        if (isinstance(self.vad_threshold_dbfs, bool) or not isinstance(self.vad_threshold_dbfs, (int, float))
+                or not LEVEL_FLOOR_DBFS <= self.vad_threshold_dbfs <= 0.0):
+            raise ValueError(f"vad_threshold_dbfs must be a number in [{LEVEL_FLOOR_DBFS:g}, 0], "
+                             f"got {self.vad_threshold_dbfs!r}")
+
+
+def _check_volume(gain: object, what: str) -> float:
+    if isinstance(gain, bool) or not isinstance(gain, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{what} must be a number in [0, 2], got {gain!r:.40}")
+    g = float(gain)
+    if not 0.0 <= g <= 2.0:  # also rejects NaN
+        raise ValueError(f"{what} must be in [0, 2], got {g!r}")
+    return g
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -370,14 +420,24 @@ class CallEnded(CallEvent):
 class LatencyBreakdown:
     """Mouth-to-ear estimate for the audio we hear (the peer's mouth to our ear), in ms.
 
-    ``packetization_ms`` uses the peer's chunks per packet (from its HELLO); ``encode_ms`` is our own encode
-    p50 standing in for the peer's; ``network_ms`` is RTT/2 (0 until the first PONG); ``jitter_ms`` is the
-    mean wait of a chunk in the jitter buffer, ``(L - 0.5) x 80 ms`` where L is the low-water mark of the
-    depth (chunks buffered, the one about to play included, just before each playout tick) over the last
-    ~2 s: the instantaneous depth saw-tooths with several chunks per packet, and the packetisation term
-    already covers that saw-tooth;
-    ``device_ms`` is the sink's ``latency_ms`` (ring buffer + PortAudio output latency) or its
-    ``buffered_ms``.
+    Our own capture and encode figures stand in for the peer's (the same app on a similar machine).
+
+    * ``chunk_ms``: the chunk itself (80 ms: its first sample waits for its last).
+    * ``capture_ms``: capture buffering: half a device callback block (a chunk ends inside a block and is
+      handed over with it) plus the audio already waiting behind the chunk when the encoder took it
+      (median); 0 for file sources. The device's own input latency is not known reliably (PortAudio's
+      figure for ALSA ``pulse`` is 4x the measured one) and is left out.
+    * ``encode_ms``: our encode p50.
+    * ``packetization_ms``: ``(peer's chunks per packet - 1) x 80 ms`` (from its HELLO).
+    * ``network_ms``: RTT / 2 (0 until the first RTT sample).
+    * ``jitter_ms``: measured wait in the jitter buffer, median over the last ~2 s of played chunks of
+      ``tick - arrival - position x 80 ms`` (position = the chunk's place in its packet: the packetisation
+      saw-tooth is already in ``packetization_ms``); before any chunk played, ``(L - 0.5) x 80`` ms from the
+      low-water mark L of the depth.
+    * ``decode_ms``: our decode p50.
+    * ``device_ms``: output: the audio queued in the sink ahead of a chunk when it is written (median over
+      ~2 s; what its first sample waits) plus the output stream's reported latency (``stream_latency_ms``);
+      sinks without those report their ``latency_ms`` / ``buffered_ms``.
     """
 
     chunk_ms: float
@@ -387,11 +447,12 @@ class LatencyBreakdown:
     jitter_ms: float
     decode_ms: float
     device_ms: float
+    capture_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
-        return (self.chunk_ms + self.encode_ms + self.packetization_ms + self.network_ms + self.jitter_ms
-                + self.decode_ms + self.device_ms)
+        return (self.chunk_ms + self.capture_ms + self.encode_ms + self.packetization_ms + self.network_ms
+                + self.jitter_ms + self.decode_ms + self.device_ms)
 
 
 @dataclass(frozen=True)
@@ -446,6 +507,18 @@ class CallStats:
     decode_ms: float
     latency: LatencyBreakdown
     mic_level_dbfs: float
+    # levels and transmission (for meters and indicators; cheap to poll)
+    input_level_dbfs: float = LEVEL_FLOOR_DBFS  # RMS of the last chunk from the source (before muting), floor -100
+    output_level_dbfs: float = LEVEL_FLOOR_DBFS  # RMS of the last chunk handed to the sink (after volume/limiter)
+    vad_active: bool = False  # the voice activity detector hears speech (hangover included), in every mode
+    transmitting: bool = False  # audio packets are going out (not muted, and the mode's gate is open)
+    muted: bool = False
+    transmit_mode: str = "continuous"
+    output_volume: float = 1.0
+    # DTX (see the module docstring)
+    comfort: int = 0  # playout ticks filled with comfort noise during the peer's pauses (not concealment)
+    talkspurts: int = 0  # talkspurts the peer resumed after a pause
+    pause_concealed: int = 0  # concealed ticks that turned out to be a pause whose silent tail was lost
 
     @property
     def mouth_to_ear_ms(self) -> float:
@@ -626,6 +699,23 @@ class CallSession:
         self._enc_ms: deque[float] = deque(maxlen=_TIMING_WINDOW)
         self._dec_ms: deque[float] = deque(maxlen=_TIMING_WINDOW)
         self._depths: deque[int] = deque(maxlen=int(round(_RATE_WINDOW_S / self.chunk_s)))
+        window = int(round(_RATE_WINDOW_S / self.chunk_s))
+        self._waits: deque[float] = deque(maxlen=window)  # jitter-buffer waits of played chunks (s)
+        self._ahead: deque[float] = deque(maxlen=window)  # ms queued in the sink before each write
+        self._backlog: deque[float] = deque(maxlen=window)  # ms waiting in the source behind each chunk read
+        # user controls (any thread; read by the workers once per chunk)
+        self._muted = False
+        self._mode = cfg.transmit_mode
+        self._ptt = False
+        self._volume = float(cfg.output_volume)
+        self._in_level = LEVEL_FLOOR_DBFS
+        self._out_level = LEVEL_FLOOR_DBFS
+        self._vad_active = False
+        self._transmitting = False
+        self._comfort = 0
+        self._pause_concealed = 0
+        self._arrived = threading.Event()  # an AUDIO packet arrived (wakes the playout worker to lock its tick)
+        self._arrival_t = 0.0
         self._rate_samples: deque[tuple[float, tuple[float, ...]]] = deque(maxlen=64)
 
     # ------------------------------------------------------------------ lifecycle
@@ -860,6 +950,45 @@ class CallSession:
             tr.run_coroutine(signaling.connect(host, port, tr, timeout=timeout), timeout=timeout + 15.0)
 
     # ------------------------------------------------------------------ user actions
+    def set_muted(self, muted: bool) -> None:
+        """Mute / unmute the microphone (any thread, cheap; from the next chunk on). Muted, nothing audible
+        is sent: the current packet is completed with silence, one packet flagged SILENCE ends the
+        talkspurt, then no audio packets go out (the peer hears comfort noise, not a loss; heartbeats keep
+        the call alive)."""
+        if not isinstance(muted, (bool, np.bool_)):
+            raise TypeError(f"muted must be a bool, got {type(muted).__name__}")
+        self._muted = bool(muted)
+
+    def set_transmit_mode(self, mode: str) -> None:
+        """``"continuous"``, ``"ptt"`` (send only while :meth:`set_ptt` says pressed) or ``"vad"`` (send only
+        while the voice activity detector hears speech). Any thread, cheap; from the next chunk on."""
+        if mode not in TRANSMIT_MODES:
+            raise ValueError(f"transmit mode must be one of {', '.join(TRANSMIT_MODES)}, got {mode!r:.40}")
+        self._mode = str(mode)
+
+    def set_ptt(self, pressed: bool) -> None:
+        """Push-to-talk key state (used in ``"ptt"`` mode; remembered in the others). Any thread, cheap."""
+        if not isinstance(pressed, (bool, np.bool_)):
+            raise TypeError(f"pressed must be a bool, got {type(pressed).__name__}")
+        self._ptt = bool(pressed)
+
+    def set_output_volume(self, gain: float) -> None:
+        """Gain on what we hear, 0.0..2.0 (1.0 = unchanged), applied before the limiter. Any thread, cheap;
+        from the next played chunk on."""
+        self._volume = _check_volume(gain, "output volume")
+
+    @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @property
+    def transmit_mode(self) -> str:
+        return self._mode
+
+    @property
+    def output_volume(self) -> float:
+        return self._volume
+
     def send_text(self, text: str) -> int:
         """Send a chat message (best effort, sent twice); returns its message id. Raises ``ValueError``
         (``PacketError``) for text that is too long (1000 UTF-8 bytes) or has control characters."""
@@ -1093,6 +1222,9 @@ class CallSession:
                 self.jitter.put_packet(pkt, now)
             with self._lock:
                 self._audio_packets_received += 1
+                self._arrival_t = now
+            self._arrived.set()
+            with self._lock:
                 if isinstance(pkt, CompactAudioPacket):
                     self._echo_src = (pkt.first_chunk & 0xFFFF, now)
                     sent = self._sent_at.get(pkt.echo_chunk) if pkt.echo_chunk is not None else None
@@ -1218,11 +1350,20 @@ class CallSession:
             flush()  # drop the audio captured while connecting
         cpp, red = cfg.chunks_per_packet, cfg.redundancy
         tpc, bits = self.tokens_per_chunk, self.bits
+        n_in = int(self.model.chunk_size)
+        zeros = np.zeros(n_in, np.float32)
+        vad = VoiceActivityDetector(cfg.vad_threshold_dbfs, _VAD_HANGOVER_S, self.chunk_s)
         history: deque[np.ndarray] = deque(maxlen=max(red, 1))
-        pending: list[np.ndarray] = []
+        pending: list[tuple[np.ndarray, bool]] = []  # (tokens, silent) of the packet being filled
+        pending_first = 0
         state = None
         index = 0
         seq = 0
+        talking = False  # the gate is open (this chunk is sent as part of a talkspurt)
+        tail = False  # the gate closed: finishing the packet, then one all-silent packet, then DTX
+        last_sent = -1  # index of the last chunk sent
+        prev_tok: np.ndarray | None = None  # the chunk before this one (pre-roll in "vad" mode)
+        talkspurt_flag = False
         t0 = time.monotonic()
         next_due = t0 + self.chunk_s
         ended = False
@@ -1239,28 +1380,79 @@ class CallSession:
                         ended = True
                         break
                     continue
+                x = np.asarray(x, dtype=np.float32).reshape(-1)
+                if x.size != n_in:
+                    raise ValueError(f"the audio source returned a chunk of {x.size} samples, expected {n_in}")
+                if not np.isfinite(x).all():
+                    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+                backlog = float(getattr(self.source, "buffered_ms", 0.0) or 0.0)
+                # the gate (user controls are read once per chunk)
+                muted, mode, ptt = self._muted, self._mode, self._ptt
+                active = vad.update(x)
+                audible = not muted and (mode != "ptt" or ptt)
+                gate = audible and (mode != "vad" or active)
                 ts = time.perf_counter()
-                sig = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).reshape(1, -1)
+                sig = torch.from_numpy(np.ascontiguousarray(x if audible else zeros)).reshape(1, -1)
                 toks, state = self.model.encode_step(sig, state)
                 tok = toks[0].numpy().astype(np.int64)
                 enc_ms = (time.perf_counter() - ts) * 1000.0
-                self._record_chunk(SENT, index, tok)
-                pending.append(tok)
-                index += 1
+                send_now: list[tuple[np.ndarray, bool]] = []
+                if gate:
+                    if not talking and not tail:  # a talkspurt starts (the call's first, or after DTX)
+                        if mode == "vad" and cpp >= 2 and prev_tok is not None and last_sent < index - 1:
+                            # pre-roll: the chunk before the onset leads the first packet (free with >= 2
+                            # chunks per packet: the packet goes out when it would have anyway)
+                            pending, pending_first = [(prev_tok, True)], index - 1
+                        else:
+                            pending_first = index
+                        talkspurt_flag = pending_first > last_sent + 1
+                    talking, tail = True, False
+                    if not pending:
+                        pending_first = index
+                    pending.append((tok, not active))
+                elif talking or tail:  # the talkspurt ends: complete the packet, then one all-silent packet
+                    talking, tail = False, True
+                    if not pending:
+                        pending_first = index
+                    pending.append((tok, True))
+                if pending and (len(pending) >= cpp):
+                    send_now, pending = pending[:cpp], pending[cpp:]
                 with self._lock:
                     self._enc_ms.append(enc_ms)
-                    self._chunks_sent += 1
-                if len(pending) == cpp:
-                    seq = self._send_audio(seq, index - len(pending), pending, history, red, tpc, bits, t0)
-                    history.extend(pending)
-                    pending = []
+                    self._backlog.append(backlog)
+                    self._in_level = vad.level_dbfs
+                    self._vad_active = active
+                    self._transmitting = gate
+                if send_now:
+                    first = pending_first
+                    silent = all(sil for _, sil in send_now)
+                    flags = (AudioFlags.SILENCE if silent else 0) | (AudioFlags.TALKSPURT_START if talkspurt_flag else 0)
+                    chunks = [t for t, _ in send_now]
+                    for j, t in enumerate(chunks):
+                        self._record_chunk(SENT, first + j, t)
+                    seq = self._send_audio(seq, first, chunks, history, red, tpc, bits, t0, int(flags))
+                    history.extend(chunks)
+                    last_sent = first + len(chunks) - 1
+                    pending_first = last_sent + 1
+                    talkspurt_flag = False
+                    if tail and silent:  # the silent packet is out: DTX (nothing sent until the gate opens)
+                        tail = False
+                        history.clear()
+                        pending = []
+                prev_tok = tok
+                index += 1
         if ended and pending and not stop.is_set():
-            self._send_audio(seq, index - len(pending), pending, history, red, tpc, bits, t0)
+            chunks = [t for t, _ in pending]
+            silent = all(sil for _, sil in pending)
+            flags = (AudioFlags.SILENCE if silent else 0) | (AudioFlags.TALKSPURT_START if talkspurt_flag else 0)
+            for j, t in enumerate(chunks):
+                self._record_chunk(SENT, pending_first + j, t)
+            self._send_audio(seq, pending_first, chunks, history, red, tpc, bits, t0, int(flags))
         if ended:
             self._emit(SourceEnded(chunks_sent=index))
 
     def _send_audio(self, seq: int, first: int, chunks: list[np.ndarray], history: deque[np.ndarray], red: int,
-                    tpc: int, bits: int, t0: float) -> int:
+                    tpc: int, bits: int, t0: float, flags: int = 0) -> int:
         r = min(red, len(history), first)
         redundant = list(history)[len(history) - r:] if r else []
         cfg = self.config
@@ -1280,13 +1472,14 @@ class CallSession:
                 if len(self._sent_at) > 64:
                     del self._sent_at[next(iter(self._sent_at))]
             pkt: AudioPacket | CompactAudioPacket = CompactAudioPacket(first, self.geometry, list(chunks), redundant,
-                                                                      echo_chunk=echo, echo_hold_ms=hold)
+                                                                      flags, echo_chunk=echo, echo_hold_ms=hold)
         else:
             ts_ms = int((time.monotonic() - t0) * 1000) & 0xFFFFFFFF
-            pkt = AudioPacket(seq & 0xFFFFFFFF, first, bits, tpc, list(chunks), redundant, ts_ms)
+            pkt = AudioPacket(seq & 0xFFFFFFFF, first, bits, tpc, list(chunks), redundant, ts_ms, flags)
         data = pkt.encode()
         with self._lock:
             self._audio_packets_sent += 1
+            self._chunks_sent += len(chunks)
             self._audio_bytes_sent += len(data)
             self._payload_bits_sent += len(chunks) * tpc * bits
         self._send_via(self._audio_sim, data)
@@ -1302,6 +1495,11 @@ class CallSession:
             self._end_async("error", str(exc))
 
     def _playout_loop(self) -> None:
+        """One playout tick per chunk period. The tick's phase is locked to the arrivals: while nothing
+        plays (before the first chunk, after a jitter-buffer reset) the worker waits for an AUDIO packet and
+        puts its next tick ``_LOCK_MARGIN_S`` after that arrival, so a chunk that arrives waits a few ms
+        for its tick instead of up to a whole period (on average half of one). Nothing has been written to
+        the sink then, so the output device starts right behind the chunk and adds no wait of its own."""
         import torch
 
         stop = self._stop_event
@@ -1309,10 +1507,22 @@ class CallSession:
         silence = np.zeros(self.model.output_chunk_size, np.float32)
         started = False  # audio has started: EMPTY ticks are concealed
         hold = 0  # EMPTY ticks not resolved yet
+        locked = False  # the tick phase is locked to the arrivals of the current stream
+        talkspurts = 0
         next_tick = time.monotonic() + period
         with torch.inference_mode():
             while not stop.is_set():
                 wait = next_tick - time.monotonic()
+                if not locked:
+                    if self._arrived.wait(max(0.0, wait)):
+                        with self._lock:
+                            arrival = self._arrival_t
+                        self._arrived.clear()
+                        next_tick = max(time.monotonic(), arrival + _LOCK_MARGIN_S)
+                        locked = True
+                        wait = next_tick - time.monotonic()
+                    if stop.is_set():
+                        break
                 if wait > 0 and stop.wait(wait):
                     break
                 now = time.monotonic()
@@ -1327,40 +1537,72 @@ class CallSession:
                 with self._jb_lock:
                     depth = self.jitter.depth
                     item = self.jitter.pop(now)
-                if item.kind in (PlayoutKind.TOKENS, PlayoutKind.LOSS, PlayoutKind.EMPTY):
+                    n_ts = self.jitter.talkspurts
+                kind = item.kind
+                if kind in (PlayoutKind.TOKENS, PlayoutKind.LOSS, PlayoutKind.EMPTY):
                     with self._lock:
                         self._depths.append(depth)
-                kind = item.kind
+                if n_ts != talkspurts:  # the peer resumed after a pause: a hold was that pause
+                    talkspurts = n_ts
+                    if hold:
+                        with self._lock:
+                            self._pause_concealed += hold
+                        hold = 0
                 if kind is PlayoutKind.NOT_STARTED:
                     if started:  # the jitter buffer was reset (new stream)
                         self._decoder.reset()
                         started = False
+                    if locked:  # lock the tick to the new stream's first arrival
+                        locked = False
+                        self._arrived.clear()
                     continue
                 if kind is PlayoutKind.BUFFERING:
-                    self.sink.write_chunk(silence)
+                    self._write(self._decoder.pause() if started else silence, comfort=started)
                     continue
                 ts = time.perf_counter()
                 if kind is PlayoutKind.TOKENS:
                     y = self._decoder.decode(item.tokens)
                     started = True
                     hold = 0
+                    if item.arrival_s is not None and item.position is not None:
+                        with self._lock:
+                            self._waits.append(now - item.arrival_s - item.position * period)
                     self._record_chunk(RECEIVED, int(item.index), np.asarray(item.tokens))
                 elif kind is PlayoutKind.LOSS:
                     y = self._decoder.decode(None)
                     hold = 0
                 else:  # EMPTY: the buffer ran dry (or a silent tick was inserted)
                     if not started:
-                        self.sink.write_chunk(silence)
+                        self._write(silence)
+                        continue
+                    if item.pause:  # the peer paused after a silent chunk (DTX): comfort noise, not a loss
+                        self._write(self._decoder.pause(), comfort=True)
                         continue
                     y = self._decoder.decode(None)
                     hold += 1
                 dec_ms = (time.perf_counter() - ts) * 1000.0
-                y = self._limiter(np.asarray(y, dtype=np.float32))
                 with self._lock:
                     self._dec_ms.append(dec_ms)
                     self._concealed = self._decoder.concealed
                     self._waiting = hold
-                self.sink.write_chunk(y)
+                self._write(y)
+
+    def _write(self, y: np.ndarray, comfort: bool = False) -> None:
+        """Volume, limiter, level meter, then the sink (playout worker)."""
+        y = np.asarray(y, dtype=np.float32)
+        vol = self._volume
+        if vol != 1.0:
+            y = y * np.float32(vol)
+        y = self._limiter(y)
+        ahead = getattr(self.sink, "buffered_ms", None)
+        level = rms_dbfs(y)
+        with self._lock:
+            self._out_level = level
+            if comfort:
+                self._comfort += 1
+            if isinstance(ahead, (int, float)):
+                self._ahead.append(float(ahead))
+        self.sink.write_chunk(y)
 
     # ------------------------------------------------------------------ stats
     def _counters(self) -> tuple[float, ...]:
@@ -1425,15 +1667,29 @@ class CallSession:
             concealed, waiting = self._concealed, self._waiting
             low_water = min(self._depths) if self._depths else 0
             counts = (self._audio_packets_sent, self._audio_packets_received, self._chunks_sent)
+            wait_ms = _p50(self._waits) * 1000.0 if self._waits else None
+            ahead_ms = _p50(self._ahead) if self._ahead else None
+            backlog_ms = _p50(self._backlog)
+            levels = (self._in_level, self._out_level, self._vad_active, self._transmitting)
+            comfort, pause_concealed = self._comfort, self._pause_concealed
         with self._netsim_lock:
             netsim_lost = self._audio_sim.stats.lost if self._audio_sim is not None else 0
         peer = self._remote_hello
         cpp_peer = peer.chunks_per_packet if peer is not None else self.config.chunks_per_packet
         chunk_ms = self.chunk_s * 1000.0
-        device_ms = float(getattr(self.sink, "latency_ms", None) or getattr(self.sink, "buffered_ms", 0.0) or 0.0)
+        stream_ms = getattr(self.sink, "stream_latency_ms", None)
+        if ahead_ms is not None and isinstance(stream_ms, (int, float)):
+            device_ms = ahead_ms + float(stream_ms)
+        else:
+            device_ms = float(getattr(self.sink, "latency_ms", None) or getattr(self.sink, "buffered_ms", 0.0) or 0.0)
+        capture_ms = 0.0
+        block, dev_rate = getattr(self.source, "blocksize", None), getattr(self.source, "device_rate", None)
+        if isinstance(block, (int, float)) and isinstance(dev_rate, (int, float)) and dev_rate > 0:
+            capture_ms = 500.0 * block / dev_rate + backlog_ms
+        jitter_ms = max(0.0, wait_ms) if wait_ms is not None else max(0.0, low_water - 0.5) * chunk_ms
         lat = LatencyBreakdown(chunk_ms=chunk_ms, encode_ms=enc, packetization_ms=(cpp_peer - 1) * chunk_ms,
-                               network_ms=(srtt or 0.0) / 2.0, jitter_ms=max(0.0, low_water - 0.5) * chunk_ms, decode_ms=dec,
-                               device_ms=device_ms)
+                               network_ms=(srtt or 0.0) / 2.0, jitter_ms=jitter_ms, decode_ms=dec,
+                               device_ms=device_ms, capture_ms=capture_ms)
         level = getattr(self.source, "level_dbfs", (-120.0, -120.0))
         return CallStats(
             state=self._state.value,
@@ -1477,6 +1733,16 @@ class CallSession:
             decode_ms=dec,
             latency=lat,
             mic_level_dbfs=float(level[0]) if isinstance(level, Sequence) and level else -120.0,
+            input_level_dbfs=levels[0],
+            output_level_dbfs=levels[1],
+            vad_active=levels[2],
+            transmitting=levels[3],
+            muted=self._muted,
+            transmit_mode=self._mode,
+            output_volume=self._volume,
+            comfort=comfort,
+            talkspurts=js.talkspurts,
+            pause_concealed=pause_concealed,
         )
 
     def stats_dict(self) -> dict[str, Any]:
