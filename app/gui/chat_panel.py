@@ -5,7 +5,15 @@ from __future__ import annotations
 import html
 import time
 
-from PySide6.QtWidgets import QGroupBox, QHBoxLayout, QLineEdit, QPushButton, QTextBrowser, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
 
 from app.gui.controller import CallController
 

@@ -85,11 +85,10 @@ def run_demo(model, sig: np.ndarray, *, loss_pct: float = 0.0, burst: float = 1.
     out = np.zeros(n_out, np.float32)
     out[: min(n_out, len(net.audio))] = net.audio[:n_out]
     progress(90, "spectrograms")
-    dur = len(sig) / rate_in
     chunk_ms = 1000.0 * cs / rate_in
     return DemoResult(original=sig, decoded=out, rate_in=rate_in, rate_out=rate_out,
                       spec_original=spectrogram(sig, rate_in), spec_decoded=spectrogram(out, rate_out),
-                      spec_hz=8000.0, payload_kbps=8 * payload / max(dur, 1e-6) / 1000, packets=net.packets,
+                      spec_hz=8000.0, payload_kbps=8 * payload / (n * chunk_ms / 1000) / 1000, packets=net.packets,
                       net_lost=net.net_lost, lost=net.lost, concealed=net.concealed, recovered=net.recovered,
                       encode_ms=float(np.median(enc_ms)), decode_ms=float(np.median(net.dec_ms or [0.0])),
                       chunk_ms=chunk_ms)
