@@ -102,7 +102,10 @@ class MainWindow(QMainWindow):
         split.addWidget(right)
         split.setStretchFactor(0, 0)
         split.setStretchFactor(1, 1)
-        split.setSizes([480, 800])
+        split.setCollapsible(0, False)
+        left.setMinimumWidth(470)
+        left.setMaximumWidth(640)
+        self.split = split
         self.tabs.addTab(split, "&Call")
 
         self.audio = AudioPanel(settings)
@@ -142,6 +145,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromBase64(settings.window_geometry.encode()))
         else:
             self.resize(1280, 820)
+        self.split.setSizes([560, max(400, self.width() - 560)])
         self.tabs.setCurrentIndex(min(max(0, settings.window_tab), self.tabs.count() - 1))
         self._closed = False
         if autoload:

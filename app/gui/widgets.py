@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QWidget
+from PySide6.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QSizePolicy, QWidget
 
 METER_FLOOR_DB = -60
 
@@ -82,15 +82,16 @@ class StateChips(QFrame):
         super().__init__(parent)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.setSpacing(4)
+        lay.setSpacing(2)
         self.chips: dict[str, QLabel] = {}
         self.states: dict[str, str] = {}
         for i, (key, title) in enumerate(self.LAYERS):
             if i:
-                arrow = QLabel("→")
-                arrow.setStyleSheet("color: #7b8794;")
+                arrow = QLabel("›")
+                arrow.setStyleSheet("color: #7b8794; font-size: 11px;")
                 lay.addWidget(arrow)
             chip = QLabel()
+            chip.setSizePolicy(QSizePolicy.Minimum, QSizePolicy.Fixed)  # never cut a state off
             chip.setAccessibleName(f"{title} state")
             self.chips[key] = chip
             lay.addWidget(chip)
@@ -121,7 +122,8 @@ class StateChips(QFrame):
         chip = self.chips[layer]
         chip.setText(f"{title}: {state}")
         chip.setAccessibleDescription(f"{title} {state}")
-        chip.setStyleSheet(f"QLabel {{ background: {bg}; color: {fg}; border-radius: 9px; padding: 2px 8px; }}")
+        chip.setStyleSheet(f"QLabel {{ background: {bg}; color: {fg}; border-radius: 8px; padding: 1px 5px;"
+                           f" font-size: 11px; }}")
 
     def text(self) -> str:
-        return " → ".join(self.chips[k].text() for k, _ in self.LAYERS)
+        return " › ".join(self.chips[k].text() for k, _ in self.LAYERS)

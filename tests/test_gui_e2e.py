@@ -1,0 +1,267 @@
+"""The real app in a real window: ``focalchat gui`` under Xvfb (xcb, not offscreen), audio through PulseAudio
+virtual devices (tests/pulse_fixture.py), calls on 127.0.0.1.
+
+1. The GUI calls a headless peer (``focalchat call host``): speech played into the GUI's virtual microphone
+   (``micfeed_a`` → ``vmic_a``) is encoded by the GUI, arrives at the peer and is decoded there (the peer's
+   recording holds the GUI's chunks, and they follow the speech); the peer's speech comes back out of the GUI's
+   virtual speaker (``spk_a``). A screenshot of the X screen mid-call is written as a test artifact
+   (``out/test-artifacts/gui-call.png``; also to ``$FOCALCHAT_SCREENSHOT`` when set, e.g. docs/).
+2. Two GUI instances call each other (host / connect), each on its own virtual devices: speech into A's mic
+   comes out of B's speaker (recorded from ``spk_b.monitor``).
+
+Both use the untrained tiny model (``--model untrained``): deterministic, and while a mic is silent the peer's
+decoder output repeats exactly every 80 ms, so "the speech arrived" is measured as the departure from that
+period (as in tests/test_call_audio.py). The apps are ended with SIGTERM, which closes the window in order
+(hang up, close devices, save settings): each must exit with status 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from tests.pulse_fixture import pulse  # noqa: F401
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "out" / "test-artifacts"
+SPK_RATE = 24000
+PERIOD = int(0.08 * SPK_RATE)
+SCREEN = (1280, 820)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def xvfb():
+    if shutil.which("Xvfb") is None:
+        pytest.skip("Xvfb not installed (apt-get install xvfb)")
+    pytest.importorskip("PySide6")
+    r, w = os.pipe()
+    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24",
+                             "-nolisten", "tcp"],
+                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    try:
+        with os.fdopen(r) as f:
+            num = f.readline().strip()
+        assert num.isdigit(), "Xvfb did not report its display"
+        yield f":{num}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class App:
+    """A running ``focalchat -v gui`` (or any focalchat command) whose stderr lines are collected."""
+
+    def __init__(self, args: list[str], env: dict[str, str], name: str) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.stdout: list[str] = []
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, cwd=REPO,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        for stream, sink in ((self.proc.stderr, self.lines), (self.proc.stdout, self.stdout)):
+            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream, sink) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, timeout: float, where: str = "stderr") -> str:
+        lines = self.lines if where == "stderr" else self.stdout
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(lines):
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                time.sleep(0.2)
+                break
+            time.sleep(0.05)
+        for line in list(lines):
+            if text in line:
+                return line
+        raise AssertionError(f"{self.name}: no {text!r} within {timeout} s; rc={self.proc.poll()}\n" + self.log())
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            raise AssertionError(f"{self.name} did not exit within {timeout} s after SIGTERM\n" + self.log()) from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def gui_env(tmp_path: Path, display: str, name: str) -> dict[str, str]:
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb", "HF_HUB_OFFLINE": "1",
+           "XDG_CONFIG_HOME": str(tmp_path / name / "config"), "XDG_DATA_HOME": str(tmp_path / name / "data")}
+    for k in ("PULSE_SINK", "PULSE_SOURCE", "WAYLAND_DISPLAY"):
+        env.pop(k, None)
+    return env
+
+
+def write_config(path: Path, peer: str, nickname: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"input_device": f"pulse:vmic_{peer}", "output_device": f"pulse:spk_{peer}",
+                                "local_only": True, "nickname": nickname, "model": "untrained",
+                                "recordings_dir": str(path.parent / "recordings")}))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def screenshot(display: str, out: Path) -> Path:
+    env = {**os.environ, "DISPLAY": display}
+    p = subprocess.run([sys.executable, str(REPO / "tests" / "xshot.py"), str(out)], env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0 and out.exists(), p.stderr
+    return out
+
+
+def period_departure(y: np.ndarray) -> np.ndarray:
+    e = np.zeros_like(y)
+    e[PERIOD:] = np.abs(y[PERIOD:] - y[:-PERIOD])
+    return e
+
+
+def span(rec_t0: float, t_from: float, t_to: float, n: int) -> slice:
+    return slice(max(0, int((t_from - rec_t0) * SPK_RATE)), min(n, int((t_to - rec_t0) * SPK_RATE)))
+
+
+def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tmp_path):  # noqa: F811
+    from app.modelref import SPEECH_SAMPLE
+    from app.recording import RECEIVED, RecordingReader
+
+    x, sr = sf.read(str(SPEECH_SAMPLE), dtype="float32")
+    speech_s = len(x) / sr
+    peer_fcr, heard = tmp_path / "peer.fcr", tmp_path / "heard_by_peer.wav"
+    cfg = write_config(tmp_path / "gui" / "settings.json", "a", "alice")
+    spk_a = pulse.start_recording("spk_a.monitor", SPK_RATE, max_seconds=90)
+    peer = App(["call", "host", "127.0.0.1:0", "--local", "--model", "untrained", "--input", str(SPEECH_SAMPLE),
+                "--output", str(heard), "--record", str(peer_fcr), "--nickname", "headless-bob"],
+               {**os.environ, "HF_HUB_OFFLINE": "1"}, "peer")
+    gui = None
+    try:
+        port = int(peer.wait_for("listening on", 60, where="stdout").rsplit(":", 1)[1])
+        gui = App(["-v", "gui", "--config", str(cfg), "--connect", f"127.0.0.1:{port}"],
+                  gui_env(tmp_path, xvfb, "gui"), "gui")
+        gui.wait_for("call phase: in-call", 90)
+        time.sleep(1.0)  # a silent stretch: the GUI's mic sends silence first
+        player = pulse.play_into_mic("a", SPEECH_SAMPLE, wait=False)
+        time.sleep(min(4.0, speech_s - 1))
+        shot = screenshot(xvfb, tmp_path / "gui-call.png")
+        assert player.wait(timeout=30) == 0
+        time.sleep(1.0)
+        assert gui.proc.poll() is None, gui.log()
+        assert gui.terminate() == 0, gui.log()
+        assert peer.proc.wait(30) == 0, "\n".join(peer.lines)
+        assert any("peer-hangup" in line for line in peer.lines), "\n".join(peer.lines)  # the GUI said BYE
+    finally:
+        if gui is not None:
+            gui.kill()
+        peer.kill()
+        y_a = spk_a.stop()
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "gui-call.png")
+    if os.environ.get("FOCALCHAT_SCREENSHOT"):
+        shutil.copy(shot, os.environ["FOCALCHAT_SCREENSHOT"])
+    from PySide6.QtGui import QImage
+
+    img = QImage(str(shot))
+    assert (img.width(), img.height()) == SCREEN
+    assert len({img.pixel(px, py) for px in range(0, SCREEN[0], 37) for py in range(0, SCREEN[1], 29)}) > 20
+
+    # the GUI's speech arrived at the peer and was played there (the peer records what it plays)
+    reader = RecordingReader(peer_fcr)
+    got = reader.streams()[RECEIVED]
+    assert reader.damage is None and len(got) > (speech_s + 1.0) / 0.08
+    seq = [tuple(got[i]) for i in sorted(got)]
+    silence = max(set(seq), key=seq.count)
+    changed = sum(1 for t in seq if t != silence)
+    assert changed >= 0.5 * speech_s / 0.08, (changed, len(seq))
+    missing = set(range(min(got), max(got) + 1)) - set(got)
+    assert len(missing) <= 3, sorted(missing)  # loopback: at most a late chunk or two (the machine is busy)
+    h, hr = sf.read(str(heard), dtype="float32")
+    assert len(h) / hr > speech_s and float(np.sqrt(np.mean(h ** 2))) > 1e-3
+    # and the peer's speech came out of the GUI's speaker
+    assert len(y_a) > 2 * SPK_RATE and float(np.sqrt(np.mean(y_a ** 2))) > 1e-3
+
+
+def test_two_gui_instances_call_each_other(pulse, xvfb, tmp_path):  # noqa: F811
+    from app.modelref import SPEECH_SAMPLE
+
+    x, sr = sf.read(str(SPEECH_SAMPLE), dtype="float32")
+    clip = tmp_path / "speech3s.wav"
+    sf.write(str(clip), x[: 3 * sr], sr, subtype="FLOAT")
+    port = free_port()
+    cfg_a = write_config(tmp_path / "a" / "settings.json", "a", "alice")
+    cfg_b = write_config(tmp_path / "b" / "settings.json", "b", "bob")
+    rec_b = pulse.start_recording("spk_b.monitor", SPK_RATE, max_seconds=90)
+    a = App(["-v", "gui", "--config", str(cfg_a), "--host", f"127.0.0.1:{port}"], gui_env(tmp_path, xvfb, "a"), "A")
+    b = None
+    try:
+        a.wait_for(f"listening on 127.0.0.1:{port}", 90)
+        b = App(["-v", "gui", "--config", str(cfg_b), "--connect", f"127.0.0.1:{port}"],
+                gui_env(tmp_path, xvfb, "b"), "B")
+        b.wait_for("call phase: in-call", 90)
+        a.wait_for("call phase: in-call", 10)
+        time.sleep(2.0)  # decoders settle into the periodic output of a silent mic
+        t_quiet = time.monotonic()
+        time.sleep(1.0)
+        t_play = time.monotonic()
+        pulse.play_into_mic("a", clip)
+        time.sleep(0.8)
+        assert a.proc.poll() is None and b.proc.poll() is None
+        assert b.terminate() == 0, b.log()
+        a.wait_for("call ended: peer-hangup", 20)
+        assert a.terminate() == 0, a.log()
+    finally:
+        for app in (a, b):
+            if app is not None:
+                app.kill()
+        y = rec_b.stop()
+        rec_t0 = rec_b.t_start
+
+    e = period_departure(y)
+    quiet = span(rec_t0, t_quiet, t_play, len(y))
+    speech = span(rec_t0, t_play + 0.5, t_play + 3.0, len(y))
+    assert quiet.stop - quiet.start > 0.5 * SPK_RATE and speech.stop - speech.start > 2 * SPK_RATE
+    rms = float(np.sqrt(np.mean(y[speech] ** 2)))
+    before, during = float(np.median(e[quiet])), float(np.mean(e[speech]))
+    print(f"\nA -> B through two GUIs: rms {20 * np.log10(rms):.1f} dBFS; departure from the 80 ms period: median "
+          f"{before:.1e} before the speech, mean {during:.1e} during it")
+    assert rms > 1e-3
+    assert during > 1e-2 and during > 10 * before, (before, during)
