@@ -319,6 +319,11 @@ class JitterBuffer:
         return self._target
 
     @property
+    def next_missing(self) -> bool:
+        """Playing, and the chunk due next has not arrived (a pop now would hold, conceal or pause)."""
+        return self._state is _State.PLAYING and self._next not in self._buf
+
+    @property
     def talkspurts(self) -> int:
         """Talkspurts restarted after a DTX gap so far (cheap; :attr:`stats` copies every counter)."""
         return self._st.talkspurts

@@ -176,8 +176,9 @@ _BYE_LINGER_S = 0.1  # after BYE, let it leave before the transport closes
 _MAX_CATCHUP_TICKS = 6  # playout behind by more than this many chunks: resynchronise the clock
 TRANSMIT_MODES = ("continuous", "ptt", "vad")
 _VAD_HANGOVER_S = 0.3
-_LOCK_MARGIN_S = 0.006  # playout tick this long after the arrival it is locked to (decode starts then)
-_LOCK_SLACK_S = 0.02  # re-lock when every chunk of the last window waited more than margin + this
+_LOCK_MARGIN_S = 0.01  # playout tick this long after the arrival it is locked to
+_GRACE_S = 0.02  # at a tick whose chunk is missing, wait this long for it (the sink cushion covers the wait)
+_CUSHION_S = 0.025  # silence queued in a device sink ahead of a stream's first chunk (absorbs tick lateness)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -436,7 +437,8 @@ class LatencyBreakdown:
       low-water mark L of the depth.
     * ``decode_ms``: our decode p50.
     * ``device_ms``: output: the audio queued in the sink ahead of a chunk when it is written (median over
-      ~2 s; what its first sample waits) plus the output stream's reported latency (``stream_latency_ms``);
+      ~2 s; what its first sample waits) plus half a callback block plus the output stream's reported
+      latency (``stream_latency_ms``);
       sinks without those report their ``latency_ms`` / ``buffered_ms``.
     """
 
@@ -1509,22 +1511,34 @@ class CallSession:
         hold = 0  # EMPTY ticks not resolved yet
         locked = False  # the tick phase is locked to the arrivals of the current stream
         talkspurts = 0
+        # a device sink (it reports its stream latency) gets a short cushion of silence before a stream's first
+        # chunk, so that a tick a few ms late (or waiting _GRACE_S for its chunk) does not starve the device
+        device = isinstance(getattr(self.sink, "stream_latency_ms", None), (int, float))
+        n_cushion = int(round(_CUSHION_S * self.model.sample_rate_output)) if device else 0
+        cushion_block = np.zeros(n_cushion, np.float32) if n_cushion else None
+        cushion = cushion_block
         next_tick = time.monotonic() + period
         with torch.inference_mode():
             while not stop.is_set():
+                if not locked and self._arrived.wait(max(0.0, next_tick - time.monotonic())):
+                    with self._lock:
+                        arrival = self._arrival_t
+                    self._arrived.clear()
+                    next_tick = max(time.monotonic(), arrival + _LOCK_MARGIN_S)
+                    locked = True
                 wait = next_tick - time.monotonic()
-                if not locked:
-                    if self._arrived.wait(max(0.0, wait)):
-                        with self._lock:
-                            arrival = self._arrival_t
-                        self._arrived.clear()
-                        next_tick = max(time.monotonic(), arrival + _LOCK_MARGIN_S)
-                        locked = True
-                        wait = next_tick - time.monotonic()
-                    if stop.is_set():
-                        break
                 if wait > 0 and stop.wait(wait):
                     break
+                if locked:  # the chunk due now is late by a few ms: wait for it rather than conceal a whole chunk
+                    grace_end = time.monotonic() + _GRACE_S
+                    for _ in range(100):
+                        self._arrived.clear()
+                        with self._jb_lock:
+                            missing = self.jitter.next_missing
+                        left = grace_end - time.monotonic()
+                        if not missing or left <= 0 or stop.is_set():
+                            break
+                        self._arrived.wait(left)
                 now = time.monotonic()
                 if now - next_tick > _MAX_CATCHUP_TICKS * period:
                     next_tick = now  # fell far behind (machine suspended, heavy load): do not burst
@@ -1539,6 +1553,12 @@ class CallSession:
                     item = self.jitter.pop(now)
                     n_ts = self.jitter.talkspurts
                 kind = item.kind
+                if not locked and kind is not PlayoutKind.NOT_STARTED:  # it arrived just before this tick
+                    locked = True
+                    self._arrived.clear()
+                if cushion is not None and kind is not PlayoutKind.NOT_STARTED:
+                    self.sink.write_chunk(cushion)  # the stream's first write: a device sink starts behind it
+                    cushion = None
                 if kind in (PlayoutKind.TOKENS, PlayoutKind.LOSS, PlayoutKind.EMPTY):
                     with self._lock:
                         self._depths.append(depth)
@@ -1555,6 +1575,7 @@ class CallSession:
                     if locked:  # lock the tick to the new stream's first arrival
                         locked = False
                         self._arrived.clear()
+                        cushion = cushion_block
                     continue
                 if kind is PlayoutKind.BUFFERING:
                     self._write(self._decoder.pause() if started else silence, comfort=started)
@@ -1680,6 +1701,9 @@ class CallSession:
         stream_ms = getattr(self.sink, "stream_latency_ms", None)
         if ahead_ms is not None and isinstance(stream_ms, (int, float)):
             device_ms = ahead_ms + float(stream_ms)
+            sblock, srate = getattr(self.sink, "blocksize", None), getattr(self.sink, "device_rate", None)
+            if isinstance(sblock, (int, float)) and isinstance(srate, (int, float)) and srate > 0:
+                device_ms += 500.0 * sblock / srate  # a chunk waits half a callback block on average
         else:
             device_ms = float(getattr(self.sink, "latency_ms", None) or getattr(self.sink, "buffered_ms", 0.0) or 0.0)
         capture_ms = 0.0

@@ -58,7 +58,7 @@ class VoiceActivityDetector:
         self.reset()
 
     def reset(self) -> None:
-        self.noise_floor_dbfs = LEVEL_FLOOR_DBFS
+        self.noise_floor_dbfs = self.threshold_dbfs - self.margin_db  # learned from there
         self.active = False
         self.voiced = False  # this chunk itself is above the threshold
         self.onset = False  # the detector became active with this chunk
@@ -84,7 +84,7 @@ class VoiceActivityDetector:
         quietest = float(db.min())
         # noise floor: down at once, up by at most 0.5 dB per chunk (~6 dB/s), ignoring digital silence
         if quietest > LEVEL_FLOOR_DBFS:
-            if quietest < self.noise_floor_dbfs or self.noise_floor_dbfs <= LEVEL_FLOOR_DBFS:
+            if quietest < self.noise_floor_dbfs:
                 self.noise_floor_dbfs = quietest
             else:
                 self.noise_floor_dbfs = min(quietest, self.noise_floor_dbfs + 0.5)

@@ -10,6 +10,10 @@ CONFORMANCE_ROOT = DATA / "conformance" / "focalcodec_stream_small"
 MANIFESTS = DATA / "conformance" / "full_size_manifests"
 REPO = Path(__file__).resolve().parent.parent
 
+# One private PulseAudio for the whole test session: the session-scoped ``pulse`` fixture is registered once
+# here (importing it into several test modules would start one server per module).
+pytest_plugins = ["tests.pulse_fixture"]
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

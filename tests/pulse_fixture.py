@@ -1,8 +1,7 @@
 """Session-scoped private PulseAudio for tests (scripts/start_pulse.sh / stop_pulse.sh).
 
-Use it from a test module with::
-
-    from tests.pulse_fixture import pulse  # noqa: F401
+tests/conftest.py registers this module (``pytest_plugins``), so every test can just ask for ``pulse``:
+one server for the whole session. Do not import the fixture into test modules (that starts one per module).
 
 While the fixture is alive, ``PULSE_SERVER``, ``XDG_RUNTIME_DIR`` and ``PULSE_COOKIE`` in ``os.environ``
 point at the private server and PortAudio has been re-initialised, so ``sounddevice`` lists the ALSA

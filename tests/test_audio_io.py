@@ -25,7 +25,6 @@ from app.audio_io import (
     NullSpeakerSink,
     RingBuffer,
 )
-from tests.pulse_fixture import pulse  # noqa: F401
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "assets" / "speech_sample.wav"

@@ -30,7 +30,6 @@ import soundfile as sf
 from app.modelref import SPEECH_SAMPLE, untrained_model
 from app.recording import RECEIVED, SENT, RecordingReader
 from app.session import CallConfig, CallSession
-from tests.pulse_fixture import pulse  # noqa: F401
 
 SPK_RATE = 24000
 PERIOD = int(0.08 * SPK_RATE)
@@ -175,12 +174,15 @@ def test_speech_both_ways_through_virtual_devices(pulse, tmp_path):  # noqa: F81
         n = len(sent)
         assert n >= call_s / 0.08 - 3, (n, call_s)  # the mic delivered the whole call, chunk after chunk
         assert sorted(sent) == list(range(n))
-        assert set(got) <= set(sent) and set(range(n - 4)) <= set(got), (n, sorted(set(sent) - set(got)))
+        st = stats[receiver]
+        # every chunk played, save the last few (in flight at hang-up) and the silent ones the jitter buffer
+        # dropped to shrink its delay (packets flagged SILENCE by the sender's VAD)
+        missing = set(range(n - 4)) - set(got)
+        assert set(got) <= set(sent) and len(missing) <= st.dropped, (n, sorted(missing), st.dropped)
         for i in got:
             assert np.array_equal(got[i], sent[i]), i
-        st = stats[receiver]
         assert st.lost == 0 and st.late == 0 and st.malformed == 0 and st.send_drops == 0, st.line()
-        assert st.played >= stats[sender].chunks_sent - 4, (st.played, stats[sender].chunks_sent)
+        assert st.played >= stats[sender].chunks_sent - 4 - st.dropped, (st.played, stats[sender].chunks_sent)
         # the sender's mic heard the speech: its tokens left the silence token pattern
         silence_tokens = sent[0]
         changed = [i for i in sorted(sent) if not np.array_equal(sent[i], silence_tokens)]

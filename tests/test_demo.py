@@ -12,7 +12,6 @@ from app.cli import main
 from app.commands.demo import simulate_link
 from app.modelref import SPEECH_SAMPLE, untrained_model
 from app.netsim import NetSim
-from tests.pulse_fixture import pulse  # noqa: F401
 
 
 @pytest.fixture(scope="module")
