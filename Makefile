@@ -1,7 +1,9 @@
 # Two entry points for a fresh Debian machine (see README.md):
-#   make run    set everything up, then run the app (for now: the headless codec demo)
+#   make run    set everything up, then open the app (the GUI; under Xvfb when there is no display)
 #   make test   set everything up, then run the test suite
-.PHONY: run test setup lint bench conformance clean
+#   make demo   the headless codec demo (prints figures, writes A/B WAVs)
+#   make bundle the desktop bundle (PyInstaller) + its smoke test
+.PHONY: run demo test setup lint bench conformance clean bundle
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,14 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
+	bash scripts/run_gui.sh
+
+demo: setup
 	$(VENV)/bin/focalchat demo
+
+bundle: setup
+	bash packaging/build.sh
+	bash packaging/smoke_test.sh
 
 test: setup
 	bash scripts/test.sh
