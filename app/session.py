@@ -1501,7 +1501,9 @@ class CallSession:
         plays (before the first chunk, after a jitter-buffer reset) the worker waits for an AUDIO packet and
         puts its next tick ``_LOCK_MARGIN_S`` after that arrival, so a chunk that arrives waits a few ms
         for its tick instead of up to a whole period (on average half of one). Nothing has been written to
-        the sink then, so the output device starts right behind the chunk and adds no wait of its own."""
+        the sink then, so the output device starts right behind the chunk: a device sink first gets
+        ``_CUSHION_S`` of silence, so that a tick that waits up to ``_GRACE_S`` for a chunk a few ms late
+        (instead of concealing, or holding the timeline by a whole chunk) does not starve the device."""
         import torch
 
         stop = self._stop_event

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mouth-to-ear latency of a FocalChat call, measured through PulseAudio virtual devices.
 
-    .venv/bin/python scripts/bench_latency.py [--native-rates] [--runs 3] [--clicks 12] [--settle 4]
+    .venv/bin/python scripts/bench_latency.py [--device-rates] [--runs 3] [--clicks 12] [--settle 4]
         [--settings low-latency,default,4-per-packet,low-bandwidth] [--json FILE]
 
 Takes ~5 min with the defaults (12 calls of ~25 s). Prints two markdown tables: the measured figures (p50/p90
@@ -13,10 +13,11 @@ peers a and b: ``micfeed_P`` (null sink) -> ``vmic_P`` (virtual mic), ``spk_P`` 
 :class:`app.session.CallSession` objects in this process connect over 127.0.0.1 (``local_only``: loopback ICE
 candidates only, no ICE servers). A: ``MicSource(pulse_source="vmic_a")`` -> encoder -> packets -> aiortc data
 channel -> B: jitter buffer -> decoder -> ``SpeakerSink(pulse_sink="spk_b")`` (and the other direction the same
-way on vmic_b/spk_a: a full-duplex call). The devices are opened as ``focalchat call`` opens them (the device's
-default rate, 44.1 kHz for ALSA ``pulse``: resampled in the app and in PulseAudio); ``--native-rates`` opens them
-at the codec's rates (16 kHz in, 24 kHz out: no resampling anywhere). Settings: the ``CallConfig`` presets of
-app/session.py where they exist (``low_latency()``, ``low_bandwidth()``), ``CallConfig()`` for ``default``.
+way on vmic_b/spk_a: a full-duplex call). The devices are opened as ``focalchat call`` opens them: at the
+codec's rates (16 kHz in, 24 kHz out: no resampling anywhere); ``--device-rates`` opens them at the device's
+default rate instead (44.1 kHz for ALSA ``pulse``: resampled in the app and in PulseAudio). Settings: the
+``CallConfig`` factories that ``focalchat call --preset`` uses (``low-latency`` -> ``CallConfig.low_latency()``,
+``low-bandwidth`` -> ``CallConfig.low_bandwidth()``, ``default`` -> ``CallConfig()``).
 
 Stimulus. A click train (``--clicks`` 10 ms noise bursts ~1.5 s apart, the spacing stepped by 13 ms so that the
 clicks fall at different phases of the 80 ms chunk grid) is played with ``paplay`` into ``micfeed_a``, i.e. into
@@ -656,6 +657,13 @@ def print_table(rows: list[dict], cal: tuple[list[float], list[float]], model_id
         print(f"| {r['setting']} | {b['chunk_ms']:.0f} | {b['encode_ms']:.1f} | {b['packetization_ms']:.0f} | "
               f"{b['network_ms']:.1f} | {b['jitter_ms']:.0f} | {b['decode_ms']:.1f} | {b['device_ms']:.0f} | "
               f"{b['total_ms']:.0f} | {f(r['p50'])} | {r['lost']}/{r['late']}/{r['underruns']} |")
+    print("\nSummary (focalchat call --preset NAME uses the same CallConfig factory):\n")
+    print("| preset | mouth-to-ear p50 | p90 | session estimate |")
+    print("|---|---|---|---|")
+    for r in rows:
+        b = r["breakdown"]
+        if b:
+            print(f"| {r['setting']} | {f(r['p50'])} ms | {f(r['p90'])} ms | {b['total_ms']:.0f} ms |")
     for r in rows:
         if r["why_dropped"]:
             print(f"\n{r['setting']}: dropped clicks: {'; '.join(r['why_dropped'])}")
@@ -672,7 +680,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default="low-latency,default,4-per-packet,low-bandwidth",
                     help="comma-separated, from: " + "; ".join(f"{k} = {v[0]}" for k, v in SETTINGS.items()))
     ap.add_argument("--no-reference", action="store_true", help="skip the audio-I/O-only reference")
-    ap.add_argument("--native-rates", action="store_true", help="open the devices at 16/24 kHz (no resampling)")
+    ap.add_argument("--native-rates", action="store_true", default=True,
+                    help="open the devices at 16/24 kHz, as focalchat call does (the default)")
+    ap.add_argument("--device-rates", dest="native_rates", action="store_false",
+                    help="open the devices at their default rate (44.1 kHz for ALSA pulse: resampled)")
     ap.add_argument("--model", default="default", help="default (embedded if present, else untrained) | untrained")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
