@@ -32,8 +32,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.pulse_fixture import pulse  # noqa: F401
-
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "out" / "test-artifacts"
 SPK_RATE = 24000
@@ -160,7 +158,7 @@ def span(rec_t0: float, t_from: float, t_to: float, n: int) -> slice:
     return slice(max(0, int((t_from - rec_t0) * SPK_RATE)), min(n, int((t_to - rec_t0) * SPK_RATE)))
 
 
-def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tmp_path):  # noqa: F811
+def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tmp_path):
     from app.modelref import SPEECH_SAMPLE
     from app.recording import RECEIVED, RecordingReader
 
@@ -220,7 +218,7 @@ def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tm
     assert len(y_a) > 2 * SPK_RATE and float(np.sqrt(np.mean(y_a ** 2))) > 1e-3
 
 
-def test_two_gui_instances_call_each_other(pulse, xvfb, tmp_path):  # noqa: F811
+def test_two_gui_instances_call_each_other(pulse, xvfb, tmp_path):
     from app.modelref import SPEECH_SAMPLE
 
     x, sr = sf.read(str(SPEECH_SAMPLE), dtype="float32")

@@ -5,7 +5,7 @@
   as signals on the GUI thread.
 * :class:`SessionBridge` turns the session's thread-safe event queue into Qt signals (a QTimer drains it
   every 50 ms on the GUI thread) and polls :meth:`CallSession.stats` (a snapshot that never waits for the
-  network) a few times a second.
+  network) four times a second.
 * Talk controls, volume and recording use the session's own methods when it has them
   (``set_muted``, ``set_transmit_mode``, ``set_ptt``, ``set_output_volume``, ``start_recording``); older
   session builds get the same behaviour from the wrappers in :mod:`app.gui.taps`.
@@ -117,7 +117,7 @@ class SessionBridge(QObject):
     ended = Signal(str, str)  # reason, message
     stats = Signal(object)  # app.session.CallStats
 
-    def __init__(self, session: Any, parent: QObject | None = None, *, event_ms: int = 50, stats_ms: int = 500):
+    def __init__(self, session: Any, parent: QObject | None = None, *, event_ms: int = 50, stats_ms: int = 250):
         super().__init__(parent)
         self.session = session
         self._done = False
