@@ -63,6 +63,12 @@ TRAINABLE = {
 COMPACT_VERSION = 1
 
 
+def feature_mse(pred: Tensor, ref: Tensor) -> Tensor:
+    """MSE over the frames both have (a full-context teacher may emit one frame less at the end)."""
+    n = min(pred.shape[1], ref.shape[1])
+    return F.mse_loss(pred[:, :n], ref[:, :n])
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -107,9 +113,12 @@ class Trainer:
         if init_from:
             from codec.pretrained import load_pretrained
 
-            src = load_pretrained(init_from)
-            missing, unexpected = self.model.load_state_dict(src.state_dict(), strict=False)
-            log.info("initialised from %s (missing %d, unexpected %d keys)", init_from, len(missing), len(unexpected))
+            src = load_pretrained(init_from).state_dict()
+            own = self.model.state_dict()
+            usable = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+            self.model.load_state_dict(usable, strict=False)
+            log.info("initialised %d of %d tensors from %s (the rest differ in name or shape and keep their "
+                     "initialisation)", len(usable), len(own), init_from)
         self.model.to(self.device)
         self.rate_out = cfg.model.sample_rate_output
         self.spec_loss = MultiResolutionLoss(self.rate_out, fmax=self.rate_out / 2).to(self.device)
@@ -171,8 +180,10 @@ class Trainer:
         codes = straight_through(lats, m.lats_to_codes(lats))
         return {"feats": feats, "lats": lats, "codes": codes}
 
-    def compute_losses(self, sig: Tensor, target: Tensor, st: StageConfig) -> tuple[Tensor, dict[str, float], Tensor | None]:
-        """Generator-side loss of one batch; returns (loss, scalars for the log, generated waveform or None)."""
+    def compute_losses(self, sig: Tensor, target: Tensor, st: StageConfig
+                       ) -> tuple[Tensor, dict[str, float], Tensor | None, Tensor]:
+        """Generator-side loss of one batch: (loss, scalars for the log, generated waveform or None, the
+        target trimmed to the generated length)."""
         m = self.model
         logs: dict[str, float] = {}
         loss = sig.new_zeros(())
@@ -192,17 +203,17 @@ class Trainer:
             qfeats = m.codes_to_qfeats(out["codes"])
             if st.kind == "e2e":
                 if self.teacher is not None and st.feature_weight > 0:
-                    f = F.mse_loss(out["feats"], self.teacher(sig))
+                    f = feature_mse(out["feats"], self.teacher(sig))
                     loss = loss + st.feature_weight * f
                     logs["feature"] = float(f.detach())
                 rec = m.feats_to_sig(qfeats)
             else:
                 ref = out["feats"].detach() if st.kind == "quantizer" else self.teacher(sig)
-                f = F.mse_loss(qfeats, ref)
+                f = feature_mse(qfeats, ref)
                 loss = loss + st.feature_weight * f if st.feature_weight > 0 else loss + f
                 logs["feature"] = float(f.detach())
         elif st.kind == "encoder":
-            f = F.mse_loss(m.sig_to_feats(sig), self.teacher(sig))
+            f = feature_mse(m.sig_to_feats(sig), self.teacher(sig))
             loss = loss + f
             logs["feature"] = float(f.detach())
         elif st.kind == "decoder":
@@ -210,16 +221,17 @@ class Trainer:
                 feats = self.teacher(sig) if self.teacher is not None else m.sig_to_qfeats(sig)
             rec = m.feats_to_sig(feats)
         if rec is not None:
-            rec = rec[:, : target.shape[1]]
+            n = min(rec.shape[1], target.shape[1])  # teacher features may cover one frame less
+            rec, target = rec[:, :n], target[:, :n]
             mel, stft = self.spec_loss(rec, target)
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
-        return loss, logs, rec
+        return loss, logs, rec, target
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
         st = self.stage
-        loss, logs, rec = self.compute_losses(sig, target, st)
+        loss, logs, rec, target = self.compute_losses(sig, target, st)
         use_gan = st.adversarial and rec is not None and self.pos.step >= st.disc_start
         if use_gan:
             assert self.discs is not None and self.opt_d is not None
