@@ -304,3 +304,9 @@ def test_distillation_stages_with_a_checkpoint_teacher(tmp_path, manifest):
     assert changed == {"encoder", "compressor", "decompressor", "decoder"}
     log = [json.loads(line) for line in (tmp_path / "run" / "train.log.jsonl").read_text().splitlines()]
     assert {r["stage"] for r in log if "feature" in r} == {"enc", "q", "joint"}
+
+
+def test_bundled_full_size_recipe_is_valid():
+    cfg = TrainConfig.load(REPO / "codec" / "training" / "configs" / "full_gpu.json")
+    assert [s.kind for s in cfg.stages] == ["decoder", "encoder", "quantizer", "joint"]
+    assert cfg.teacher.kind == "focalcodec" and cfg.model.bits_per_token == 12
