@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 started_pulse=""
 cleanup() { if [ -n "$started_pulse" ]; then bash scripts/stop_pulse.sh "$started_pulse" >/dev/null 2>&1 || true; fi; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 if command -v pactl >/dev/null 2>&1 && ! pactl info >/dev/null 2>&1; then
   echo "[run] no PulseAudio server reachable: starting private virtual devices" >&2
   exports="$(bash scripts/start_pulse.sh)"
@@ -15,7 +16,9 @@ if command -v pactl >/dev/null 2>&1 && ! pactl info >/dev/null 2>&1; then
 fi
 if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ]; then
   echo "[run] no display: running under Xvfb (screen 1280x820)" >&2
-  xvfb-run -a -s "-screen 0 1280x820x24" .venv/bin/focalchat gui "$@"
+  xvfb-run -a -s "-screen 0 1280x820x24" .venv/bin/focalchat gui "$@" &
+  wait $!
 else
-  .venv/bin/focalchat gui "$@"
+  .venv/bin/focalchat gui "$@" &
+  wait $!
 fi
