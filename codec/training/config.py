@@ -89,6 +89,9 @@ class StageConfig:
     entropy_weight: float = 0.1  # BSQ entropy loss (per-sample minus codebook entropy)
     commit_weight: float = 0.0
     feature_weight: float = 0.0  # MSE to teacher / target features
+    # e2e: MSE between the decompressed features and the (detached) causal encoder features, divided by
+    # their variance: the paper's stage-4 target, here a dense signal that keeps information in the bits
+    self_feature_weight: float = 0.0
     adversarial: bool = False  # decoder: hinge GAN with MPD + multi-resolution STFT discriminators
     adv_weight: float = 1.0
     fm_weight: float = 2.0

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import soxr
 from scipy import signal as sps
 
 from codec.audio import load_audio
 
-from .config import AugmentConfig, DataConfig
+from .config import AugmentConfig
 
 SR = 16000
 

@@ -202,6 +202,11 @@ class Trainer:
                 logs["commit"] = float(c.detach())
             qfeats = m.codes_to_qfeats(out["codes"])
             if st.kind == "e2e":
+                if st.self_feature_weight > 0:
+                    ref = out["feats"].detach()
+                    sf = feature_mse(qfeats, ref) / ref.var().clamp_min(1e-6)
+                    loss = loss + st.self_feature_weight * sf
+                    logs["self_feature"] = float(sf.detach())
                 if self.teacher is not None and st.feature_weight > 0:
                     f = feature_mse(out["feats"], self.teacher(sig))
                     loss = loss + st.feature_weight * f
