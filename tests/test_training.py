@@ -72,7 +72,7 @@ def test_bundled_config_loads_and_fits_the_shipping_limits():
     model = FocalCodec(cfg.model)
     assert model.num_params() * 2 <= 20e6  # fp16 weights within the 20 MB budget
     assert model.bits_per_token == 16 and model.causal and model.chunk_size == 1280
-    assert [s.kind for s in cfg.stages] == ["e2e", "decoder"]
+    assert [s.kind for s in cfg.stages] == ["e2e", "e2e", "decoder"]
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -310,3 +310,17 @@ def test_bundled_full_size_recipe_is_valid():
     cfg = TrainConfig.load(REPO / "codec" / "training" / "configs" / "full_gpu.json")
     assert [s.kind for s in cfg.stages] == ["decoder", "encoder", "quantizer", "joint"]
     assert cfg.teacher.kind == "focalcodec" and cfg.model.bits_per_token == 12
+
+
+@pytest.mark.parametrize("stage", [
+    replace(E2E, name="frozen-encoder", freeze=("encoder",)),
+    StageConfig(name="q", kind="quantizer", steps=3, warmup_steps=1),
+])
+def test_parts_after_a_frozen_encoder_still_train(tmp_path, manifest, stage):
+    tr = Trainer(_cfg(manifest, [stage]), tmp_path / "run", progress=False)
+    before = _weights(tr)
+    tr.run()
+    after = _weights(tr)
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    expected = {"compressor", "decompressor"} | ({"decoder"} if stage.kind == "e2e" else set())
+    assert changed == expected

@@ -98,6 +98,7 @@ class StageConfig:
     disc_lr: float | None = None  # None = lr
     disc_start: int = 0  # generator-only steps before the discriminators join
     freeze: tuple[str, ...] = ()  # extra parts to freeze: encoder, compressor, decompressor, decoder
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to ``lr`` (slower for a pretrained one)
 
     def validate(self, where: str) -> None:
         if self.kind not in STAGE_KINDS:

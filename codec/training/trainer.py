@@ -154,13 +154,14 @@ class Trainer:
         st = self.stage
         parts = self.trainable_parts(st)
         self.model.requires_grad_(False)
-        params = []
+        groups = []
         for p in parts:
             mod = getattr(self.model, p)
             mod.requires_grad_(True)
-            params += [q for q in mod.parameters()]
+            groups.append({"params": list(mod.parameters()), "lr_scale": st.encoder_lr_scale if p == "encoder" else 1.0})
+        params = [q for g in groups for q in g["params"]]
         self.model.train()
-        self.opt = torch.optim.AdamW(params, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay)
+        self.opt = torch.optim.AdamW(groups, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay)
         if st.adversarial:
             if self.discs is None:
                 self.discs = Discriminators().to(self.device)
@@ -176,7 +177,7 @@ class Trainer:
         m = self.model
         with torch.set_grad_enabled(grad_encoder):
             feats = m.sig_to_feats(sig)
-            lats = m.feats_to_lats(feats)
+        lats = m.feats_to_lats(feats)
         codes = straight_through(lats, m.lats_to_codes(lats))
         return {"feats": feats, "lats": lats, "codes": codes}
 
@@ -332,7 +333,14 @@ class Trainer:
             if state.get("discs") is not None and self.discs is not None:
                 self.discs.load_state_dict(state["discs"])
             if state.get("opt"):
-                self.opt.load_state_dict(state["opt"])
+                scales = [g["lr_scale"] for g in self.opt.param_groups]
+                try:
+                    self.opt.load_state_dict(state["opt"])
+                    for g, sc in zip(self.opt.param_groups, scales):  # the config's scales win
+                        g["lr_scale"] = sc
+                except ValueError as e:
+                    log.warning("optimiser state does not fit this stage's parameter groups (%s): restarted", e)
+                    self.pos.rewarm_from = self.pos.step
             if state.get("opt_d") and self.opt_d is not None:
                 self.opt_d.load_state_dict(state["opt_d"])
             for k, s in state.get("samplers", {}).items():
@@ -383,7 +391,7 @@ class Trainer:
             while self.pos.step < st.steps:
                 lr = lr_at(st, self.pos.step, self.pos.rewarm_from)
                 for g in self.opt.param_groups:
-                    g["lr"] = lr
+                    g["lr"] = lr * g.get("lr_scale", 1.0)
                 if self.opt_d is not None:
                     for g in self.opt_d.param_groups:
                         g["lr"] = lr * (st.disc_lr or st.lr) / st.lr
