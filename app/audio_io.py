@@ -159,6 +159,13 @@ class RingBuffer:
         self._read = w
         return n
 
+    def skip(self, frames: int) -> int:
+        """Consumer side: discard up to ``frames`` of the oldest buffered frames; returns how many."""
+        r = self._read
+        n = max(0, min(int(frames), self._written - r))
+        self._read = r + n
+        return n
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Devices
@@ -577,6 +584,9 @@ class SpeakerSink(_Closable):
         self.underrun_frames = 0
         self._status_underflows = 0
         self._clear_request = False
+        self._skip_to = 0  # trim(): the callback drops queued frames up to this ring position
+        self.trims = 0  # trims done by the callback (each dropped some queued audio)
+        self.trimmed_frames = 0
         self.frames_out = 0  # frames handed to PortAudio (silence included)
         self._wlock = threading.Lock()
         self._stream = None
@@ -607,6 +617,11 @@ class SpeakerSink(_Closable):
             rb.clear()
             self._clear_request = False
             self._priming = True
+        if self._skip_to > rb.total_read:  # trim(): drop the oldest queued frames (a counter compare, a move)
+            n = rb.skip(self._skip_to - rb.total_read)
+            if n:
+                self.trims += 1
+                self.trimmed_frames += n
         out = outdata[:, 0]
         if self._priming:
             avail = rb.available
@@ -642,6 +657,23 @@ class SpeakerSink(_Closable):
     def clear(self) -> None:
         """Drop everything queued (done by the callback, the ring's consumer, on its next run)."""
         self._clear_request = True
+
+    def trim(self, keep_ms: float) -> float:
+        """Drop the oldest queued audio so that only the newest ``keep_ms`` of what is queued *now* stays (done
+        by the callback, the ring's consumer, on its next run; what the callback plays before then counts as
+        dropped, audio written after this call is never dropped). Returns the ms requested to be dropped (0:
+        nothing over ``keep_ms``). What PortAudio and the audio server already hold is out of reach. For a
+        writer that knows what is queued is silence or comfort noise: the cut is not smoothed."""
+        keep_ms = float(keep_ms)
+        if not keep_ms >= 0.0:  # also NaN
+            raise ValueError(f"keep_ms must be >= 0, got {keep_ms!r}")
+        with self._wlock:
+            target = self._rb.total_written - int(round(keep_ms * self.device_rate / 1000.0))
+            excess = target - self._rb.total_read
+            if excess <= 0:
+                return 0.0
+            self._skip_to = max(self._skip_to, target)
+        return 1000.0 * excess / self.device_rate
 
     def drain(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued has been handed to PortAudio (not counting its own latency)."""

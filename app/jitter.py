@@ -147,6 +147,8 @@ class PlayoutItem:
     #: the packet's first chunk would have waited in the buffer (the packetisation saw-tooth taken out).
     arrival_s: float | None = None
     position: int | None = None
+    #: TOKENS only: the chunk is silence (its packet was flagged SILENCE, or ``silence=`` on put).
+    silence: bool = False
 
 
 @dataclass
@@ -609,4 +611,4 @@ class JitterBuffer:
         if entry.redundant:
             st.recovered += 1
         return PlayoutItem(PlayoutKind.TOKENS, index, entry.tokens, recovered=entry.redundant, lost=lost,
-                           arrival_s=entry.arrival_s, position=entry.position)
+                           arrival_s=entry.arrival_s, position=entry.position, silence=entry.silence)

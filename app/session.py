@@ -67,8 +67,13 @@ Decisions (documented here because the GUI and CLI depend on them):
   chunk before the onset leads the first packet (pre-roll, at no cost in delay). Untransmitted chunks are
   not recorded.
 * **Playout clock.** The playout worker ticks every 80 ms with its phase locked to the arrivals: while
-  nothing plays it waits for the first AUDIO packet of a stream and ticks a few ms after it (see
-  :meth:`CallSession._playout_loop`).
+  nothing plays it waits for the first AUDIO packet of a stream and ticks a few ms after it, and it locks
+  again on the first arrival after each pause of the peer (see :meth:`CallSession._playout_loop`).
+* **Output queue.** What a device sink holds ahead of each write is kept near the cushion (25 ms): a device
+  that stalled or underran (or runs slower than our clock) leaves more queued, which would otherwise delay
+  every later chunk for the rest of the call. The surplus is dropped where it is not heard: queued silence or
+  comfort noise (``sink.trim``), a chunk the peer flagged silent, or after ~5 s without either, 40 ms cuts
+  out of speech, crossfaded (:class:`_QueueGuard`; counted in ``CallStats.output_trims``).
 * **Concealment accounting.** ``concealed`` counts playout ticks the decoder filled by concealment: LOSS
   ticks plus EMPTY ticks (buffer ran dry) after speech started, except pauses (an EMPTY tick after a
   chunk flagged SILENCE), which are comfort noise and counted in ``comfort``. Invariant:
@@ -105,10 +110,10 @@ from app.jitter import JitterBuffer, PlayoutKind
 from app.netsim import NetSim
 from app.packet import (
     ECHO_HOLD_UNIT_MS,
-    AudioFlags,
     MAX_CHUNKS,
     MAX_COMPACT_CHUNKS,
     MAX_ECHO_HOLD_MS,
+    AudioFlags,
     AudioGeometry,
     AudioPacket,
     Bye,
@@ -126,7 +131,6 @@ from app.packet import (
     parse_packet,
 )
 from app.recording import RECEIVED, SENT, RecordingHeader, RecordingWriter
-from app.vad import LEVEL_FLOOR_DBFS, VoiceActivityDetector, rms_dbfs
 from app.transport import (
     ChannelClosed,
     ChannelOpen,
@@ -144,6 +148,7 @@ from app.transport import (
     sack_bytes_per_message,
     wire_bytes_per_message,
 )
+from app.vad import LEVEL_FLOOR_DBFS, VoiceActivityDetector, rms_dbfs
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +184,14 @@ _VAD_HANGOVER_S = 0.3
 _LOCK_MARGIN_S = 0.01  # playout tick this long after the arrival it is locked to
 _GRACE_S = 0.02  # at a tick whose chunk is missing, wait this long for it (the sink cushion covers the wait)
 _CUSHION_S = 0.025  # silence queued in a device sink ahead of a stream's first chunk (absorbs tick lateness)
+# the output queue guard (_QueueGuard): keeps what is queued in a device sink near _CUSHION_S
+_TRIM_WINDOW = 12  # writes (~1 s): the queue must stay over its target this long before it is trimmed
+_TRIM_SLACK_S = 0.01  # "over": the queue's minimum over the window exceeds the target by more than this
+_TRIM_FORCE_TICKS = 50  # (~4 s more) over target with no quiet audio to drop: cut speech (crossfaded)
+_TRIM_MAX_CUT_S = 0.04  # at most this much cut out of one speech chunk
+_TRIM_BACKOFF_S = 0.015  # an underrun soon after a trim: the device needs more, the target grows by this
+_TRIM_MAX_TARGET_S = 0.1
+_XFADE_S = 0.005  # crossfade of a cut inside a chunk
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -521,6 +534,10 @@ class CallStats:
     comfort: int = 0  # playout ticks filled with comfort noise during the peer's pauses (not concealment)
     talkspurts: int = 0  # talkspurts the peer resumed after a pause
     pause_concealed: int = 0  # concealed ticks that turned out to be a pause whose silent tail was lost
+    # the device sink's queue kept near its target (see CallSession._keep_queue)
+    output_trims: int = 0  # times queued or written audio was dropped to bring the device queue back
+    output_trimmed_ms: float = 0.0  # how much, in all
+    output_target_ms: float = 0.0  # what a device sink should hold ahead of each write (0: not a device sink)
 
     @property
     def mouth_to_ear_ms(self) -> float:
@@ -576,6 +593,90 @@ class _Limiter:
         self.gain = new
         self.engaged += 1
         return np.clip(y * ramp, -self.ceiling, self.ceiling)
+
+
+class _QueueGuard:
+    """Keeps the audio queued in a device sink ahead of each write near ``target_ms`` (the playout worker's
+    cushion). Deterministic and clock-free: :meth:`observe` is fed once per write with what the sink has
+    queued and its underrun count, and says how much is surplus.
+
+    Why: the playout tick writes one chunk per period, the device plays one chunk per period, so whatever the
+    queue holds stays for the rest of the call. A device that stalls (an audio server that did not run for a
+    while, an underrun that restarts the stream) or that runs a little slower than our clock leaves more
+    queued than the cushion, and every later chunk waits that much longer (40+ ms seen after one underrun).
+
+    The queue is *over* once its minimum over the last ``window`` writes exceeds ``target + slack`` (the
+    minimum: a callback that pulls in bursts makes single readings jump); the surplus is that minimum less the
+    target. The session then drops it where nobody hears it: queued silence or comfort noise, or a quiet chunk
+    being written; after ``force_after`` more writes over target with no quiet audio, out of speech chunks
+    (crossfaded, at most ``_TRIM_MAX_CUT_S`` a chunk). An underrun within ``2 * window`` writes of a trim
+    means the device needs more than the target (a bursty callback): it grows by ``backoff_ms`` (up to
+    ``max_target_ms``), so trims and underruns cannot alternate for long."""
+
+    def __init__(self, target_ms: float, *, slack_ms: float = _TRIM_SLACK_S * 1000.0, window: int = _TRIM_WINDOW,
+                 force_after: int = _TRIM_FORCE_TICKS, backoff_ms: float = _TRIM_BACKOFF_S * 1000.0,
+                 max_target_ms: float = _TRIM_MAX_TARGET_S * 1000.0) -> None:
+        if window < 1 or force_after < 0 or not 0 <= target_ms <= max_target_ms:
+            raise ValueError("need window >= 1, force_after >= 0, 0 <= target_ms <= max_target_ms")
+        self.target_ms = float(target_ms)
+        self.slack_ms = float(slack_ms)
+        self.window = int(window)
+        self.force_after = int(force_after)
+        self.backoff_ms = float(backoff_ms)
+        self.max_target_ms = float(max_target_ms)
+        self._lows: deque[float] = deque(maxlen=self.window)
+        self._over = 0  # consecutive writes with a full window over target
+        self._underruns: int | None = None
+        self._since_trim: int | None = None
+        self.trims = 0
+        self.trimmed_ms = 0.0
+        self.backoffs = 0
+
+    def observe(self, queued_ms: float, underruns: int = 0) -> float:
+        """Before a write: ``queued_ms`` in the sink, its underrun count. Returns the surplus (ms) that has
+        lasted a whole window (0: none)."""
+        if (self._underruns is not None and underruns > self._underruns and self._since_trim is not None
+                and self._since_trim <= 2 * self.window):
+            grown = min(self.max_target_ms, self.target_ms + self.backoff_ms)
+            self.backoffs += grown > self.target_ms
+            self.target_ms = grown
+            self._since_trim = None
+        self._underruns = underruns
+        if self._since_trim is not None:
+            self._since_trim += 1
+        self._lows.append(float(queued_ms))
+        if len(self._lows) < self.window or (low := min(self._lows)) <= self.target_ms + self.slack_ms:
+            self._over = 0
+            return 0.0
+        self._over += 1
+        return low - self.target_ms
+
+    @property
+    def overdue(self) -> bool:
+        """Over target for ``force_after`` writes past the first full window: cut speech if need be."""
+        return self._over > self.force_after
+
+    def trimmed(self, ms: float) -> None:
+        """``ms`` were dropped: start a new window."""
+        self.trims += 1
+        self.trimmed_ms += float(ms)
+        self._lows.clear()
+        self._over = 0
+        self._since_trim = 0
+
+
+def _shorten(y: np.ndarray, n: int, fade: int) -> np.ndarray:
+    """``y`` less ``n`` samples cut out of its middle, the two sides crossfaded over ``fade`` samples
+    (``n`` is capped so that the crossfade fits)."""
+    size = y.size
+    fade = max(1, min(int(fade), size // 4))
+    n = max(0, min(int(n), size - fade))
+    if n == 0:
+        return y
+    a = (size - n - fade) // 2
+    r = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    xf = y[a:a + fade] * (np.float32(1.0) - r) + y[a + n:a + n + fade] * r
+    return np.concatenate([y[:a], xf, y[a + n + fade:]]).astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -717,6 +818,12 @@ class CallSession:
         self._comfort = 0
         self._pause_concealed = 0
         self._arrived = threading.Event()  # an AUDIO packet arrived (wakes the playout worker to lock its tick)
+        # the output queue guard (playout worker only; see _QueueGuard)
+        self._guard: _QueueGuard | None = None
+        self._quiet_ms = 0.0  # ms of quiet audio (silence, comfort noise, silent chunks) at the end of what was written
+        self._settle = False
+        self._trims = 0
+        self._trimmed_ms = 0.0
         self._arrival_t = 0.0
         self._rate_samples: deque[tuple[float, tuple[float, ...]]] = deque(maxlen=64)
 
@@ -1503,7 +1610,13 @@ class CallSession:
         for its tick instead of up to a whole period (on average half of one). Nothing has been written to
         the sink then, so the output device starts right behind the chunk: a device sink first gets
         ``_CUSHION_S`` of silence, so that a tick that waits up to ``_GRACE_S`` for a chunk a few ms late
-        (instead of concealing, or holding the timeline by a whole chunk) does not starve the device."""
+        (instead of concealing, or holding the timeline by a whole chunk) does not starve the device.
+
+        The lock is released when the peer pauses (the buffer ran dry after a silent chunk: DTX, or a delay
+        spike in silence): the ticks go on at the old phase, playing comfort noise, and the first arrival of
+        the next talkspurt locks them again. That tick comes less than a period after the last one, so the
+        comfort noise still queued in the sink beyond the cushion is dropped right then (``sink.trim``).
+        Otherwise a device sink's queue is watched by a :class:`_QueueGuard` (see there and :meth:`_write`)."""
         import torch
 
         stop = self._stop_event
@@ -1519,6 +1632,7 @@ class CallSession:
         n_cushion = int(round(_CUSHION_S * self.model.sample_rate_output)) if device else 0
         cushion_block = np.zeros(n_cushion, np.float32) if n_cushion else None
         cushion = cushion_block
+        self._guard = _QueueGuard(_CUSHION_S * 1000.0) if device else None
         next_tick = time.monotonic() + period
         with torch.inference_mode():
             while not stop.is_set():
@@ -1528,6 +1642,7 @@ class CallSession:
                     self._arrived.clear()
                     next_tick = max(time.monotonic(), arrival + _LOCK_MARGIN_S)
                     locked = True
+                    self._settle = started  # re-locked after a pause: drop the comfort noise queued beyond the cushion
                 wait = next_tick - time.monotonic()
                 if wait > 0 and stop.wait(wait):
                     break
@@ -1555,11 +1670,13 @@ class CallSession:
                     item = self.jitter.pop(now)
                     n_ts = self.jitter.talkspurts
                 kind = item.kind
-                if not locked and kind is not PlayoutKind.NOT_STARTED:  # it arrived just before this tick
+                # it arrived just before this tick (not a pause tick: that one waits for the next talkspurt)
+                if not locked and kind is not PlayoutKind.NOT_STARTED and kind is not PlayoutKind.EMPTY:
                     locked = True
                     self._arrived.clear()
                 if cushion is not None and kind is not PlayoutKind.NOT_STARTED:
                     self.sink.write_chunk(cushion)  # the stream's first write: a device sink starts behind it
+                    self._quiet_ms += 1000.0 * cushion.size / self.model.sample_rate_output
                     cushion = None
                 if kind in (PlayoutKind.TOKENS, PlayoutKind.LOSS, PlayoutKind.EMPTY):
                     with self._lock:
@@ -1580,13 +1697,15 @@ class CallSession:
                         cushion = cushion_block
                     continue
                 if kind is PlayoutKind.BUFFERING:
-                    self._write(self._decoder.pause() if started else silence, comfort=started)
+                    self._write(self._decoder.pause() if started else silence, comfort=started, quiet=True)
                     continue
                 ts = time.perf_counter()
+                quiet = False
                 if kind is PlayoutKind.TOKENS:
                     y = self._decoder.decode(item.tokens)
                     started = True
                     hold = 0
+                    quiet = item.silence
                     if item.arrival_s is not None and item.position is not None:
                         with self._lock:
                             self._waits.append(now - item.arrival_s - item.position * period)
@@ -1596,10 +1715,13 @@ class CallSession:
                     hold = 0
                 else:  # EMPTY: the buffer ran dry (or a silent tick was inserted)
                     if not started:
-                        self._write(silence)
+                        self._write(silence, quiet=True)
                         continue
                     if item.pause:  # the peer paused after a silent chunk (DTX): comfort noise, not a loss
-                        self._write(self._decoder.pause(), comfort=True)
+                        if locked and depth == 0:  # nothing buffered: lock the tick to the next talkspurt
+                            locked = False
+                            self._arrived.clear()
+                        self._write(self._decoder.pause(), comfort=True, quiet=True)
                         continue
                     y = self._decoder.decode(None)
                     hold += 1
@@ -1608,10 +1730,11 @@ class CallSession:
                     self._dec_ms.append(dec_ms)
                     self._concealed = self._decoder.concealed
                     self._waiting = hold
-                self._write(y)
+                self._write(y, quiet=quiet)
 
-    def _write(self, y: np.ndarray, comfort: bool = False) -> None:
-        """Volume, limiter, level meter, then the sink (playout worker)."""
+    def _write(self, y: np.ndarray, comfort: bool = False, quiet: bool = False) -> None:
+        """Volume, limiter, level meter, the output queue guard, then the sink (playout worker). ``quiet``: the
+        chunk is silence, comfort noise or a chunk the peer flagged silent (it may be cut short)."""
         y = np.asarray(y, dtype=np.float32)
         vol = self._volume
         if vol != 1.0:
@@ -1619,6 +1742,8 @@ class CallSession:
         y = self._limiter(y)
         ahead = getattr(self.sink, "buffered_ms", None)
         level = rms_dbfs(y)
+        if self._guard is not None and isinstance(ahead, (int, float)):
+            y = self._keep_queue(self._guard, float(ahead), y, quiet)
         with self._lock:
             self._out_level = level
             if comfort:
@@ -1626,6 +1751,45 @@ class CallSession:
             if isinstance(ahead, (int, float)):
                 self._ahead.append(float(ahead))
         self.sink.write_chunk(y)
+        chunk_ms = 1000.0 * y.size / self.model.sample_rate_output
+        self._quiet_ms = self._quiet_ms + chunk_ms if quiet else 0.0
+
+    def _keep_queue(self, guard: _QueueGuard, ahead: float, y: np.ndarray, quiet: bool) -> np.ndarray:
+        """Drop what a device sink holds beyond its target (see :class:`_QueueGuard`): queued audio that is all
+        quiet is dropped in the sink (``sink.trim``, when it has one); else a quiet chunk being written is cut
+        short; after ``force_after`` writes with neither, a speech chunk (crossfaded). Returns the chunk to write."""
+        underruns = getattr(self.sink, "underruns", 0)
+        excess = guard.observe(ahead, underruns if isinstance(underruns, int) else 0)
+        if self._settle:  # re-locked after a pause: the queue is over by what the early tick added
+            self._settle = False
+            if ahead - guard.target_ms > 1.0:
+                excess = max(excess, ahead - guard.target_ms)
+        if excess <= 0.0:
+            return y
+        trim = getattr(self.sink, "trim", None)
+        if callable(trim) and self._quiet_ms >= ahead:  # all that is queued is silence or comfort noise
+            dropped = float(trim(max(guard.target_ms, ahead - excess)) or 0.0)
+            if dropped > 0.0:
+                guard.trimmed(dropped)
+                self._count_trim(dropped)
+            return y
+        if not quiet and not guard.overdue:
+            return y
+        rate = self.model.sample_rate_output
+        cap = y.size if quiet else int(_TRIM_MAX_CUT_S * rate)
+        n = min(int(excess * rate / 1000.0), cap)
+        if n <= 0:
+            return y
+        out = _shorten(y, n, int(_XFADE_S * rate))
+        dropped = 1000.0 * (y.size - out.size) / rate
+        guard.trimmed(dropped)
+        self._count_trim(dropped)
+        return out
+
+    def _count_trim(self, ms: float) -> None:
+        with self._lock:
+            self._trims += 1
+            self._trimmed_ms += ms
 
     # ------------------------------------------------------------------ stats
     def _counters(self) -> tuple[float, ...]:
@@ -1695,6 +1859,8 @@ class CallSession:
             backlog_ms = _p50(self._backlog)
             levels = (self._in_level, self._out_level, self._vad_active, self._transmitting)
             comfort, pause_concealed = self._comfort, self._pause_concealed
+            trims, trimmed_ms = self._trims, self._trimmed_ms
+        guard = self._guard
         with self._netsim_lock:
             netsim_lost = self._audio_sim.stats.lost if self._audio_sim is not None else 0
         peer = self._remote_hello
@@ -1769,6 +1935,9 @@ class CallSession:
             comfort=comfort,
             talkspurts=js.talkspurts,
             pause_concealed=pause_concealed,
+            output_trims=trims,
+            output_trimmed_ms=trimmed_ms,
+            output_target_ms=guard.target_ms if guard is not None else 0.0,
         )
 
     def stats_dict(self) -> dict[str, Any]:

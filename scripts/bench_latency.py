@@ -395,6 +395,8 @@ class Run:
     device_underruns: int = 0  # B's SpeakerSink ran dry (PortAudio callback found its ring buffer empty)
     sinks: dict | None = None  # pactl's sink latencies during the run
     config: str = ""  # the CallConfig that was used, in words
+    output_trims: int = 0  # B's session dropped audio queued in the speakers beyond its target (CallStats)
+    output_trimmed_ms: float = 0.0
 
 
 def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: float, cal_ms: float,
@@ -502,7 +504,8 @@ def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, nat
     return Run(setting, clicks, dropped, breakdown=dataclasses.asdict(st.latency) | {"total_ms": st.mouth_to_ear_ms},
                stats_line=st.line(), played=st.played, lost=st.lost, late=st.late, underruns=st.underruns,
                device_underruns=holder.get("dev_underruns", 0), sinks=holder.get("sinks"),
-               config=describe(holder["config"]) if "config" in holder else "")
+               config=describe(holder["config"]) if "config" in holder else "",
+               output_trims=getattr(st, "output_trims", 0), output_trimmed_ms=getattr(st, "output_trimmed_ms", 0.0))
 
 
 def describe(cfg) -> str:
@@ -621,6 +624,7 @@ def summarize(name: str, runs: list[Run], codec: bool = True) -> dict:
                           for r in runs],
                 lost=sum(r.lost for r in runs), late=sum(r.late for r in runs),
                 underruns=sum(r.underruns for r in runs), device_underruns=sum(r.device_underruns for r in runs),
+                output_trims=sum(r.output_trims for r in runs),
                 breakdown=bd,
                 why_dropped=sorted({w for r in runs for w in r.dropped}))
 
@@ -639,13 +643,14 @@ def print_table(rows: list[dict], cal: tuple[list[float], list[float]], model_id
     print("\nmouth-to-ear = chunk-aligned (see the method); raw = speaker onset - mic onset; capture / app / "
           "output: medians of the parts (ms)\n")
     print("| setting | clicks | mouth-to-ear p50 | p90 | raw onset p50 | capture | app | output | per-run p50 "
-          "| device underruns |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| device underruns | output trims |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = f"{r['clicks']}" + (f" (+{r['carried']} near a chunk edge)" if r["carried"] else "") \
             + (f" (+{r['dropped']} dropped)" if r["dropped"] else "")
         print(f"| {r['setting']} | {n} | {f(r['p50'])} ms | {f(r['p90'])} ms | {f(r['raw_p50'])} ms | {f(r['capture'])} | {f(r['app'])} "
-              f"| {f(r['output'])} | {', '.join(f(v) for v in r['per_run'])} | {r['device_underruns']} |")
+              f"| {f(r['output'])} | {', '.join(f(v) for v in r['per_run'])} | {r['device_underruns']} "
+              f"| {r.get('output_trims', 0)} |")
     print("\nCallStats latency breakdown (B's estimate at the end of each run, mean over runs), ms:\n")
     print("| setting | chunk | encode | packetisation | network | jitter buffer | decode | device | estimate "
           "| measured p50 | lost/late/underruns |")
@@ -729,7 +734,8 @@ def main(argv: list[str] | None = None) -> int:
                     sinks = sinks or r.sinks
                     med = pct([c.aligned_ms for c in aligned(r)], 50)
                     log(f"{name} run {i + 1}: {len(r.clicks)} clicks, p50 {med:.0f} ms, "
-                        f"device underruns {r.device_underruns}"
+                        f"device underruns {r.device_underruns}, output trims {r.output_trims} "
+                        f"({r.output_trimmed_ms:.0f} ms)"
                         f"{' dropped: ' + '; '.join(r.dropped) if r.dropped else ''} | {r.stats_line}")
                 rows.append(summarize(name, runs))
         finally:

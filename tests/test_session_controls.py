@@ -39,7 +39,7 @@ def wav(tmp_path: Path, name: str, x: np.ndarray) -> Path:
 class Sniffer:
     """Wraps a session's transport.send: parses every AUDIO packet it sends (flags, first chunk, count)."""
 
-    def __init__(self, session, model) -> None:
+    def __init__(self, session, model) -> None:  # noqa: F811 - the model fixture, passed in
         self.geometry = AudioGeometry(model.bits_per_token, model.tokens_per_chunk, 80.0)
         self.audio: list[tuple[int, int, int]] = []  # (first chunk, primary chunks, flags)
         tr = session.transport
