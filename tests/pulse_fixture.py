@@ -13,6 +13,7 @@ other start-up failure is an error.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "scripts" / "start_pulse.sh"
@@ -40,13 +42,20 @@ def _refresh_portaudio() -> None:
 
 
 class Recorder:
-    """A running ``parecord`` on one source; ``stop()`` returns what it captured as float32 mono."""
+    """A running ``parecord`` on one source; ``stop()`` returns what it captured as float32 mono.
+
+    ``t_start`` is when parecord was started; its first sample comes later (process start, connection: a
+    second or more on a loaded machine). ``t0`` estimates when sample 0 was rendered from the arrival of the
+    data: every read at monotonic time t holding samples up to n gives ``t0 <= t - n / rate``, and the
+    minimum over all reads is ``t0`` plus the smallest delivery delay (a few ms). Use ``t0`` to place the
+    recording on the monotonic clock."""
 
     def __init__(self, env: dict[str, str], source: str, rate: int, max_seconds: float = 60.0):
         self.rate = rate
         self._max_bytes = int(max_seconds * rate) * 4
         self._chunks: list[bytes] = []
         self._n = 0
+        self._t0 = math.inf
         self.t_start = time.monotonic()
         self._proc = subprocess.Popen(
             ["parecord", f"--device={source}", "--raw", "--format=float32le", f"--rate={rate}", "--channels=1",
@@ -60,14 +69,21 @@ class Recorder:
         assert out is not None
         while self._n < self._max_bytes:
             b = out.read1(65536)
+            t = time.monotonic()
             if not b:
                 break
             self._chunks.append(b)
             self._n += len(b)
+            self._t0 = min(self._t0, t - self._n / 4 / self.rate)
 
     @property
     def seconds(self) -> float:
         return self._n / 4 / self.rate
+
+    @property
+    def t0(self) -> float:
+        """Monotonic time of sample 0 (see the class docstring); ``t_start`` until data has arrived."""
+        return self._t0 if self._t0 < math.inf else self.t_start
 
     def wait_for(self, seconds: float, timeout: float) -> None:
         """Block until ``seconds`` of audio have been captured (or ``timeout`` wall seconds passed)."""
@@ -122,9 +138,18 @@ class PulseServer:
                               timeout=10).stdout
 
     def play_into_mic(self, peer: str, wav_path: str | Path, *, wait: bool = True,
-                      latency_msec: int = 20) -> subprocess.Popen | None:
+                      latency_msec: int | None = None) -> subprocess.Popen | None:
         """Play a sound file into peer's virtual mic (``paplay --device=micfeed_<peer>``). With
-        ``wait=False`` returns the running process (the caller waits on it)."""
+        ``wait=False`` returns the running process (the caller waits on it); it exits once the server has
+        played the whole file.
+
+        ``latency_msec`` (paplay's buffer in the server) defaults to the whole file: paplay hands the file over
+        at once and the server plays it on its own clock, so a paplay process that does not get the CPU for a
+        while (a loaded machine) cannot underrun. With a short buffer (paplay's 20 ms, say) it can, and the
+        server then plays silence until data comes: a gap *inside* the speech, which shifts everything after
+        it (seen as a capture that correlates at 0.4 with the file, or lacks its last samples)."""
+        if latency_msec is None:
+            latency_msec = int(1000 * sf.info(str(wav_path)).duration) + 500
         proc = subprocess.Popen(
             ["paplay", f"--device={self.mic_feed(peer)}", f"--latency-msec={latency_msec}", str(wav_path)],
             env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -66,9 +66,11 @@ def window(rec_t0: float, t_from: float, t_to: float, n: int) -> slice:
 
 
 class UnderrunWatch:
-    """Polls the speakers' underrun counters (every 10 ms, in a thread) to know *when* a device ran dry: an
-    underrun is a real glitch in the speaker output (the PortAudio callback found the ring buffer empty and
-    played zeros), not a fault of the call, and it breaks the 80 ms period just like speech does."""
+    """Polls the speakers' underrun and trim counters (every 10 ms, in a thread) to know *when* a device ran
+    dry or had queued audio dropped: an underrun is a real glitch in the speaker output (the PortAudio
+    callback found the ring buffer empty and played zeros), not a fault of the call, and so is a trim (the
+    session dropping queued silence to bring the device's queue back to its target after an underrun or a
+    stall); both break the 80 ms period just like speech does."""
 
     def __init__(self, sinks: dict) -> None:
         self.sinks = sinks
@@ -78,12 +80,12 @@ class UnderrunWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        last = {k: s.underruns for k, s in self.sinks.items()}
+        last = {k: s.underruns + s.trims for k, s in self.sinks.items()}
         for _ in range(10_000):  # <= 100 s
             if self._stop.wait(0.01):
                 return
             for k, s in self.sinks.items():
-                n = s.underruns
+                n = s.underruns + s.trims
                 if n != last[k]:
                     self.events[k].append(time.monotonic())
                     last[k] = n
@@ -147,8 +149,13 @@ def test_speech_both_ways_through_virtual_devices(pulse, tmp_path):  # noqa: F81
         time.sleep(STAGGER_S)
         t_play["b"] = time.monotonic()
         player_b = pulse.play_into_mic("b", clips["b"], wait=False)
-        assert player_a.wait(timeout=15) == 0 and player_b.wait(timeout=15) == 0
-        time.sleep(1.0)  # the last of the speech reaches the speakers
+        assert player_a.wait(timeout=30) == 0 and player_b.wait(timeout=30) == 0
+        # the last of the speech reaches the speakers: each side has played what the other had sent by now,
+        # and a few chunks more (decoded, through the sink and the server)
+        sent = {"a": a.stats().chunks_sent, "b": b.stats().chunks_sent}
+        for receiver, sender in ((b, "a"), (a, "b")):
+            assert wait_until(lambda r=receiver, n=sent[sender]: r.stats().played + r.stats().dropped >= n + 3, 10.0), \
+                receiver.stats().line()
         assert a.in_call and b.in_call
         stats = {"a": a.stats(), "b": b.stats()}
         call_s = time.monotonic() - t_up
@@ -161,7 +168,7 @@ def test_speech_both_ways_through_virtual_devices(pulse, tmp_path):  # noqa: F81
             s.stop()
         for d in devices:
             d.close()
-        heard = {p: (r.stop(), r.t_start) for p, r in recs.items()}
+        heard = {p: (r.stop(), r.t0) for p, r in recs.items()}  # t0: when the recording's first sample played
 
     # ---- tokens and stats: everything the sender encoded was played by the receiver, bit-exact
     streams = {}

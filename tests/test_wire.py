@@ -238,7 +238,9 @@ def test_soak_bundled_sacks_never_stall():
                         next_due[id(p)] += interval
                     max_buf = max(max_buf, p.stats().buffered_amount)
             time.sleep(0.005)
-        time.sleep(0.8)
+        # the last messages arrive (bounded wait on the condition, not a fixed pause)
+        assert wait_until(lambda: all(rx.stats().messages_received == sent[id(tx)]
+                                      for a, b, _, _ in pairs for tx, rx in ((a, b), (b, a))), 10.0)
         for a, b, interval, size in pairs:
             for tx, rx in ((a, b), (b, a)):
                 st_tx, st_rx = tx.stats(), rx.stats()
