@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -324,3 +325,9 @@ def test_parts_after_a_frozen_encoder_still_train(tmp_path, manifest, stage):
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     expected = {"compressor", "decompressor"} | ({"decoder"} if stage.kind == "e2e" else set())
     assert changed == expected
+
+
+def test_entropy_loss_usage_only():
+    lats = torch.nn.functional.normalize(torch.randn(2, 32, 12), dim=-1)
+    loss, usage = bsq_entropy_loss(lats, sample_weight=0.0)
+    assert float(loss) == pytest.approx(-float(usage) * math.log(2) / 12, rel=1e-5)

@@ -87,6 +87,7 @@ class StageConfig:
     mel_weight: float = 45.0
     stft_weight: float = 1.0  # log-magnitude L1 + spectral convergence
     entropy_weight: float = 0.1  # BSQ entropy loss (per-sample minus codebook entropy)
+    entropy_sample_weight: float = 1.0  # weight of its per-sample (confidence) term; 0 = bit usage only
     commit_weight: float = 0.0
     feature_weight: float = 0.0  # MSE to teacher / target features
     # e2e: MSE between the decompressed features and the (detached) causal encoder features, divided by

@@ -67,12 +67,16 @@ class MultiResolutionLoss(nn.Module):
         return mel_total / k, stft_total / k
 
 
-def bsq_entropy_loss(lats: Tensor, inv_temperature: float = 1.0, gamma: float = 1.0) -> tuple[Tensor, Tensor]:
+def bsq_entropy_loss(lats: Tensor, inv_temperature: float = 1.0, gamma: float = 1.0,
+                     sample_weight: float = 1.0) -> tuple[Tensor, Tensor]:
     """Factorised BSQ entropy loss on L2-normalised latents (B, N, D).
 
     Each bit gets a soft probability ``sigmoid(4 * inv_temperature * sqrt(D) * lat)``. The loss is the mean
-    per-token bit entropy (pushes latents away from the decision boundary) minus ``gamma`` times the entropy
-    of the batch-average bit usage (keeps every bit in use). Returns ``(loss, codebook_entropy_bits)``: the
+    per-token bit entropy (pushes latents away from the decision boundary; scaled by ``sample_weight``)
+    minus ``gamma`` times the entropy of the batch-average bit usage (keeps every bit in use). The
+    factorised usage term cannot see correlated bits: with the per-token term on, end-to-end training
+    can settle on a handful of well-separated codes whose bits are each used half the time, so
+    ``sample_weight=0`` (usage term only) is the safer choice there. Returns ``(loss, codebook_entropy_bits)``: the
     second is the summed per-bit usage entropy in bits (D = every bit used half the time).
     """
     d = lats.shape[-1]
@@ -85,7 +89,7 @@ def bsq_entropy_loss(lats: Tensor, inv_temperature: float = 1.0, gamma: float = 
 
     per_sample = h(p).sum(-1).mean()
     usage = h(p.reshape(-1, d).mean(0)).sum()
-    return (per_sample - gamma * usage) / d, usage.detach() / math.log(2)
+    return (sample_weight * per_sample - gamma * usage) / d, usage.detach() / math.log(2)
 
 
 def straight_through(lats: Tensor, codes: Tensor) -> Tensor:

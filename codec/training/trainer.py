@@ -193,7 +193,7 @@ class Trainer:
             enc_grad = st.kind != "quantizer" and "encoder" not in st.freeze
             out = self._codec_path(sig, st, enc_grad)
             if st.entropy_weight > 0:
-                ent, usage = bsq_entropy_loss(out["lats"])
+                ent, usage = bsq_entropy_loss(out["lats"], sample_weight=st.entropy_sample_weight)
                 loss = loss + st.entropy_weight * ent
                 logs["entropy"] = float(ent.detach())
                 logs["bit_usage"] = float(usage)
