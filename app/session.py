@@ -41,6 +41,9 @@ Decisions (documented here because the GUI and CLI depend on them):
 * **Recording.** RECEIVED chunks are recorded **as they are played** (TOKENS items of the jitter buffer,
   redundant recoveries included), so a recording is what the listener heard; lost chunks are absent and
   are concealed again on export. SENT chunks are recorded when encoded.
+  ``CallConfig.record_path`` records the whole call; :meth:`CallSession.start_recording` /
+  :meth:`~CallSession.stop_recording` record a part of it (mid-call, into its own ``.fcr``, times from its
+  start), independently of the whole-call one.
 * **Simulated network** (``CallConfig.netsim``, outgoing only): AUDIO packets go through a
   :class:`app.netsim.NetSim` with all its settings; control packets go through a second one with the same
   delay and jitter but no loss, duplicates or reordering, so RTT includes the simulated delay while the
@@ -328,10 +331,14 @@ class CallConfig:
         if self.transmit_mode not in TRANSMIT_MODES:
             raise ValueError(f"transmit_mode must be one of {', '.join(TRANSMIT_MODES)}, got {self.transmit_mode!r}")
         _check_volume(self.output_volume, "output_volume")
-        if (isinstance(self.vad_threshold_dbfs, bool) or not isinstance(self.vad_threshold_dbfs, (int, float))
-                or not LEVEL_FLOOR_DBFS <= self.vad_threshold_dbfs <= 0.0):
-            raise ValueError(f"vad_threshold_dbfs must be a number in [{LEVEL_FLOOR_DBFS:g}, 0], "
-                             f"got {self.vad_threshold_dbfs!r}")
+        _check_threshold(self.vad_threshold_dbfs, "vad_threshold_dbfs")
+
+
+def _check_threshold(dbfs: object, what: str) -> float:
+    if (isinstance(dbfs, bool) or not isinstance(dbfs, (int, float, np.floating, np.integer))
+            or not LEVEL_FLOOR_DBFS <= float(dbfs) <= 0.0):  # also rejects NaN
+        raise ValueError(f"{what} must be a number in [{LEVEL_FLOOR_DBFS:g}, 0] dBFS, got {dbfs!r:.40}")
+    return float(dbfs)
 
 
 def _check_volume(gain: object, what: str) -> float:
@@ -530,6 +537,7 @@ class CallStats:
     muted: bool = False
     transmit_mode: str = "continuous"
     output_volume: float = 1.0
+    vad_threshold_dbfs: float = -45.0
     # DTX (see the module docstring)
     comfort: int = 0  # playout ticks filled with comfort noise during the peer's pauses (not concealment)
     talkspurts: int = 0  # talkspurts the peer resumed after a pause
@@ -755,7 +763,9 @@ class CallSession:
         self._tick_handle: Any = None
         self._pump_handle: Any = None
         self._pump_at: float | None = None
-        self._recording: RecordingWriter | None = None
+        self._recording: RecordingWriter | None = None  # CallConfig.record_path: the whole call
+        self._part: RecordingWriter | None = None  # start_recording(): part of the call
+        self._part_path: Path | None = None
         self._rec_lock = threading.Lock()
 
         # netsim (outgoing)
@@ -811,6 +821,7 @@ class CallSession:
         self._mode = cfg.transmit_mode
         self._ptt = False
         self._volume = float(cfg.output_volume)
+        self._vad_threshold = float(cfg.vad_threshold_dbfs)
         self._in_level = LEVEL_FLOOR_DBFS
         self._out_level = LEVEL_FLOOR_DBFS
         self._vad_active = False
@@ -851,13 +862,7 @@ class CallSession:
     def _start_parts(self) -> None:
         cfg = self.config
         if cfg.record_path is not None:
-            h = RecordingHeader(model_id=self.local_hello.model_id, model_hash=self.model.fingerprint(),
-                                bits=self.bits, tokens_per_chunk=self.tokens_per_chunk,
-                                token_rate=float(self.model.config.token_rate),
-                                sample_rate_input=int(self.model.sample_rate_input),
-                                sample_rate_output=int(self.model.sample_rate_output),
-                                directions=(cfg.nickname or "me", "peer"))
-            self._recording = RecordingWriter(cfg.record_path, h)
+            self._recording = RecordingWriter(cfg.record_path, self._recording_header("peer"))
         self._net = TransportThread(name=f"focalchat-net-{cfg.name}").start()
         self._transport = PeerTransport(name=cfg.name, thread=self._net, ice_servers=cfg.ice_servers,
                                         connect_timeout=cfg.connect_timeout_s, on_message=self._on_message,
@@ -977,9 +982,11 @@ class CallSession:
             log.exception("%s: error during shutdown", self.config.name)
         finally:
             with self._rec_lock:
-                if self._recording is not None:
-                    with contextlib.suppress(Exception):
-                        self._recording.close()
+                for w in (self._recording, self._part):
+                    if w is not None:
+                        with contextlib.suppress(Exception):
+                            w.close()
+                self._part = None  # its path stays: stop_recording() still returns it
             self._set_state(CallState.ENDED)
             self._emit(CallEnded(reason=reason, message=message))
             self._ended.set()
@@ -1081,6 +1088,12 @@ class CallSession:
             raise TypeError(f"pressed must be a bool, got {type(pressed).__name__}")
         self._ptt = bool(pressed)
 
+    def set_vad_threshold(self, dbfs: float) -> None:
+        """Voice activity threshold in dBFS (RMS of 20 ms frames), -100..0: gates ``"vad"`` mode and flags silent
+        packets in every mode. Any thread, cheap; from the next chunk on (the detector's learned noise floor
+        is lowered with it, so a lower threshold applies at once)."""
+        self._vad_threshold = _check_threshold(dbfs, "vad threshold")
+
     def set_output_volume(self, gain: float) -> None:
         """Gain on what we hear, 0.0..2.0 (1.0 = unchanged), applied before the limiter. Any thread, cheap;
         from the next played chunk on."""
@@ -1097,6 +1110,10 @@ class CallSession:
     @property
     def output_volume(self) -> float:
         return self._volume
+
+    @property
+    def vad_threshold_dbfs(self) -> float:
+        return self._vad_threshold
 
     def send_text(self, text: str) -> int:
         """Send a chat message (best effort, sent twice); returns its message id. Raises ``ValueError``
@@ -1416,24 +1433,71 @@ class CallSession:
         self._set_state(CallState.IN_CALL, f"with {h.nickname!r}" if h.nickname else "")
 
     # ------------------------------------------------------------------ recording
+    def _recording_header(self, peer_name: str) -> RecordingHeader:
+        return RecordingHeader(model_id=self.local_hello.model_id, model_hash=self.model.fingerprint(),
+                               bits=self.bits, tokens_per_chunk=self.tokens_per_chunk,
+                               token_rate=float(self.model.config.token_rate),
+                               sample_rate_input=int(self.model.sample_rate_input),
+                               sample_rate_output=int(self.model.sample_rate_output),
+                               directions=(self.config.nickname or "me", peer_name or "peer"))
+
+    def start_recording(self, path: str | Path) -> Path:
+        """Record the call from now on to ``path`` (``.fcr``, both directions, times from now) until
+        :meth:`stop_recording` or the end of the call; independent of ``CallConfig.record_path``. Any thread.
+        Raises ``RuntimeError`` while another part is being recorded or after the call ended, ``OSError`` when
+        the file cannot be created."""
+        if isinstance(path, bool) or not isinstance(path, (str, Path)) or not str(path):
+            raise TypeError(f"path must be a file path, got {path!r:.60}")
+        target = Path(path)
+        with self._rec_lock:
+            if self._shutdown_started:
+                raise RuntimeError("this call has ended")
+            if self._part is not None:
+                raise RuntimeError(f"already recording to {self._part_path}; stop_recording() first")
+            peer = self._remote_hello
+            self._part = RecordingWriter(target, self._recording_header(peer.nickname if peer is not None else ""))
+            self._part_path = target
+        return target
+
+    def stop_recording(self) -> Path | None:
+        """Finish the recording :meth:`start_recording` began and return its path (None when there was none).
+        The file is complete when this returns. Any thread; also fine after the call ended (the recording was
+        closed then)."""
+        with self._rec_lock:
+            part, path = self._part, self._part_path
+            self._part = None
+            self._part_path = None
+        if part is not None:
+            part.close()
+        return path
+
+    @property
+    def recording_path(self) -> Path | None:
+        """Where :meth:`start_recording` records now (None when not recording)."""
+        return self._part_path
+
     def _record_chunk(self, direction: int, index: int, tokens: np.ndarray) -> None:
-        if self._recording is None:
+        if self._recording is None and self._part is None:
             return
         with self._rec_lock:
-            if self._recording is not None:
+            for attr in ("_recording", "_part"):
+                w = getattr(self, attr)
+                if w is None:
+                    continue
                 try:
-                    self._recording.add_chunk(direction, index, tokens)
-                except Exception as exc:  # disk full...: stop recording, keep the call
+                    w.add_chunk(direction, index, tokens)
+                except Exception as exc:  # disk full...: stop this recording, keep the call
                     self._emit(Error(kind="internal", message=f"recording stopped: {exc}"))
                     with contextlib.suppress(Exception):
-                        self._recording.close()
-                    self._recording = None
+                        w.close()
+                    setattr(self, attr, None)
 
     def _record_text(self, direction: int, text: str) -> None:
         with self._rec_lock:
-            if self._recording is not None:
-                with contextlib.suppress(Exception):
-                    self._recording.add_text(direction, text)
+            for w in (self._recording, self._part):
+                if w is not None:
+                    with contextlib.suppress(Exception):
+                        w.add_text(direction, text)
 
     # ------------------------------------------------------------------ encoder worker
     def _encoder_main(self) -> None:
@@ -1497,6 +1561,8 @@ class CallSession:
                 backlog = float(getattr(self.source, "buffered_ms", 0.0) or 0.0)
                 # the gate (user controls are read once per chunk)
                 muted, mode, ptt = self._muted, self._mode, self._ptt
+                if self._vad_threshold != vad.threshold_dbfs:
+                    vad.set_threshold(self._vad_threshold)
                 active = vad.update(x)
                 audible = not muted and (mode != "ptt" or ptt)
                 gate = audible and (mode != "vad" or active)
@@ -1932,6 +1998,7 @@ class CallSession:
             muted=self._muted,
             transmit_mode=self._mode,
             output_volume=self._volume,
+            vad_threshold_dbfs=self._vad_threshold,
             comfort=comfort,
             talkspurts=js.talkspurts,
             pause_concealed=pause_concealed,

@@ -65,6 +65,15 @@ class VoiceActivityDetector:
         self.level_dbfs = LEVEL_FLOOR_DBFS  # RMS of the whole last chunk
         self._hang = 0
 
+    def set_threshold(self, threshold_dbfs: float) -> None:
+        """A new threshold, mid-stream. The learned noise floor is lowered to ``threshold - margin`` if it was
+        above (so a lower threshold takes effect at once, not once the floor has come down); the activity
+        state and hangover carry on."""
+        if not (math.isfinite(threshold_dbfs) and LEVEL_FLOOR_DBFS <= threshold_dbfs <= 0.0):
+            raise ValueError(f"threshold_dbfs must be in [{LEVEL_FLOOR_DBFS:g}, 0], got {threshold_dbfs!r}")
+        self.threshold_dbfs = float(threshold_dbfs)
+        self.noise_floor_dbfs = min(self.noise_floor_dbfs, self.threshold_dbfs - self.margin_db)
+
     @property
     def effective_threshold_dbfs(self) -> float:
         return max(self.threshold_dbfs, self.noise_floor_dbfs + self.margin_db)

@@ -87,3 +87,6 @@ class FakeSession:
 
     def set_output_volume(self, v) -> None:
         self.calls.append(("set_output_volume", v))
+
+    def set_vad_threshold(self, v) -> None:
+        self.calls.append(("set_vad_threshold", v))

@@ -309,6 +309,9 @@ def test_talk_controls_and_push_to_talk_key(qtbot, tmp_path, model):
     assert ("set_output_volume", 1.5) in fake.calls and w.settings.output_volume == 1.5
     qtbot.mouseClick(w.talk.mode_buttons["vad"], Qt.LeftButton)
     assert w.talk.vad_slider.isEnabled() and not w.talk.ptt_btn.isEnabled()
+    w.talk.vad_slider.setValue(-52)  # applied to the call in progress, and kept for the next calls
+    assert ("set_vad_threshold", -52.0) in fake.calls and w.settings.vad_threshold_dbfs == -52.0
+    assert "during a call" in w.talk.vad_slider.toolTip()
     c.session = None
     c._set_phase("idle")
     w.close()

@@ -309,3 +309,97 @@ def test_decoder_pause_is_comfort_noise(model):  # noqa: F811
         assert -81.0 <= rms_dbfs(y) <= -49.0
     y1 = dec.decode(toks)  # the talkspurt fades back in
     assert np.isfinite(y1).all() and dec.gain == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# mid-call: recording a part of the call, changing the VAD threshold
+# ---------------------------------------------------------------------------------------------------------------
+def test_record_part_of_a_call(tmp_path, model, pairs):  # noqa: F811
+    x = wav(tmp_path, "s.wav", speech(6.0))
+    p = Pair(tmp_path, model, input_a=x, input_b=x)
+    pairs.append(p)
+    s = p.a
+    assert s.stop_recording() is None and s.recording_path is None  # nothing to stop
+    with pytest.raises(TypeError):
+        s.start_recording(None)
+    p.connect()
+    p.wait_call_up()
+    assert wait_until(lambda: p.a.stats().played >= 10 and p.a.stats().chunks_sent >= 10, 5.0)
+    with pytest.raises(OSError):
+        s.start_recording(x / "not-a-dir" / "part.fcr")  # the input WAV is a file, not a folder
+    part = tmp_path / "part.fcr"
+    assert s.start_recording(str(part)) == part and s.recording_path == part
+    with pytest.raises(RuntimeError, match="already recording"):
+        s.start_recording(tmp_path / "other.fcr")
+    s.send_text("during the part")
+    sent0, played0 = s.stats().chunks_sent, s.stats().played
+    assert wait_until(lambda: p.a.stats().played >= played0 + 15 and p.a.stats().chunks_sent >= sent0 + 15, 5.0)
+    assert s.stop_recording() == part and s.recording_path is None
+    assert s.stop_recording() is None
+    from app.recording import RecordingReader
+
+    whole = RecordingReader(p.rec_a).streams()  # still being written: read up to its last record
+    got = recorded(part)
+    reader = RecordingReader(part)
+    assert reader.header.directions == ("alice", "bob")
+    assert any(r.text == "during the part" for r in reader)
+    for d in (SENT, RECEIVED):
+        idx = sorted(got[d])
+        assert len(idx) >= 12 and idx[0] >= 8, (d, idx)  # a part: not from the start of the call
+        assert idx == list(range(idx[0], idx[-1] + 1))  # nothing missing inside it
+        assert all(np.array_equal(got[d][i], whole[d][i]) for i in idx)  # what the whole-call recording holds
+    s.stop()
+    with pytest.raises(RuntimeError, match="ended"):
+        s.start_recording(tmp_path / "late.fcr")
+
+
+def test_part_recording_is_closed_when_the_call_ends(tmp_path, model, pairs):  # noqa: F811
+    x = wav(tmp_path, "s.wav", speech(3.0))
+    p = Pair(tmp_path, model, input_a=x, input_b=x)
+    pairs.append(p)
+    p.connect()
+    p.wait_call_up()
+    assert wait_until(lambda: p.b.stats().played >= 5, 5.0)
+    part = p.b.start_recording(tmp_path / "b-part.fcr")
+    assert wait_until(lambda: p.b.stats().played >= 10, 5.0)
+    p.a.stop()  # the peer hangs up: B's call ends with the part still recording
+    assert p.b.wait(5.0)
+    assert recorded(part)[RECEIVED]  # complete (END record) and readable
+    assert p.b.stop_recording() == part  # the owner may still "stop" it: same file, nothing more to do
+
+
+def test_vad_threshold_changes_mid_call(tmp_path, model, pairs):  # noqa: F811
+    x = wav(tmp_path, "s.wav", speech(4.0))
+    p = Pair(tmp_path, model, input_a=x, input_b=x, cfg_a=dict(transmit_mode="vad"), loop_a=True)
+    pairs.append(p)
+    s = p.a
+    for bad in (1.0, -101.0, math.nan, "x", None, True):
+        with pytest.raises(ValueError, match="vad threshold"):
+            s.set_vad_threshold(bad)
+    p.connect()
+    p.wait_call_up()
+    assert wait_until(lambda: s.stats().transmitting, 5.0)
+    s.set_vad_threshold(0.0)  # nothing is that loud: the talkspurt ends, nothing is sent any more
+    assert s.vad_threshold_dbfs == 0.0 and s.stats().vad_threshold_dbfs == 0.0
+    assert wait_until(lambda: not s.stats().transmitting and not s.stats().vad_active, 3.0)
+    src = p.sources[0]
+    sent, read = s.stats().chunks_sent, src.chunks_read
+    assert wait_until(lambda: src.chunks_read >= read + 15, 5.0)  # 1.2 s of speech read...
+    assert s.stats().chunks_sent == sent  # ...and none of it sent
+    s.set_vad_threshold(-60.0)
+    assert wait_until(lambda: s.stats().chunks_sent > sent, 5.0)
+    assert s.in_call and p.b.stats().lost == 0
+
+
+def test_vad_set_threshold_lowers_the_noise_floor():
+    rng = np.random.default_rng(1)
+    soft = (0.003 * rng.standard_normal(1280)).astype(np.float32)  # ~ -50 dBFS: speech for -60, not for -30
+    vad = VoiceActivityDetector(-30.0)
+    assert not vad.update(np.zeros(1280, np.float32))  # digital silence: the floor stays where -30 put it (-39)
+    vad.set_threshold(-60.0)  # lower: applies at once (a floor of -39 would hold the threshold at -30)
+    assert vad.effective_threshold_dbfs == -60.0
+    assert vad.update(soft) and vad.onset
+    vad.set_threshold(-20.0)
+    assert vad.threshold_dbfs == -20.0 and vad.effective_threshold_dbfs >= -20.0
+    with pytest.raises(ValueError):
+        vad.set_threshold(math.nan)

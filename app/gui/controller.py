@@ -6,9 +6,10 @@
 * :class:`SessionBridge` turns the session's thread-safe event queue into Qt signals (a QTimer drains it
   every 50 ms on the GUI thread) and polls :meth:`CallSession.stats` (a snapshot that never waits for the
   network) four times a second.
-* Talk controls, volume and recording use the session's own methods when it has them
-  (``set_muted``, ``set_transmit_mode``, ``set_ptt``, ``set_output_volume``, ``start_recording``); older
-  session builds get the same behaviour from the wrappers in :mod:`app.gui.taps`.
+* Talk controls, volume, the voice threshold and recording use the session's own methods (``set_muted``,
+  ``set_transmit_mode``, ``set_ptt``, ``set_vad_threshold``, ``set_output_volume``; ``start_recording`` /
+  ``stop_recording`` record a part of the call straight to its own ``.fcr``, mid-call). Session builds without
+  the talk controls or the level fields get the same behaviour from the wrappers in :mod:`app.gui.taps`.
 
 No widgets here: the main window connects the signals to its panels.
 """
@@ -27,7 +28,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.gui import devices
 from app.gui.settings import Settings
-from app.gui.taps import GatedSource, MeteredSink, RecordingClip
+from app.gui.taps import GatedSource, MeteredSink
 from app.gui.workers import Task, run_task
 
 log = logging.getLogger(__name__)
@@ -222,8 +223,6 @@ class CallController(QObject):
         self.offerer = False
         self.peer_info: Any = None
         self.task: Task | None = None
-        self._clip: RecordingClip | None = None
-        self._full_recording: Path | None = None
         self._recording_to: Path | None = None
         self.ptt_pressed = False
         self.muted = False
@@ -261,13 +260,7 @@ class CallController(QObject):
             if "output_level_dbfs" not in getattr(__import__("app.session", fromlist=["CallStats"]).CallStats,
                                                   "__dataclass_fields__", {}):
                 sink = MeteredSink(sink)
-            rec_dir = self.settings.recordings_path()
-            full = None
-            if not hasattr(CallSession, "start_recording"):  # record the whole call privately; clips are cut
-                rec_dir.mkdir(parents=True, exist_ok=True)
-                full = rec_dir / f".call-{time.strftime('%Y%m%d-%H%M%S')}-{id(self) & 0xFFFF:04x}.fcr.part"
-            cfg = call_config(self.settings, full, name=name)
-            t0 = time.monotonic()
+            cfg = call_config(self.settings, None, name=name)  # the record button: session.start_recording
             session = CallSession(self.model, source, sink, cfg)
             session.start()
         except BaseException:
@@ -278,8 +271,6 @@ class CallController(QObject):
         self.source, self.sink = source, sink
         self.gate = source if isinstance(source, GatedSource) else None
         self.meter = sink if isinstance(sink, MeteredSink) else None
-        self._full_recording = full
-        self._clip = RecordingClip(full, t0) if full is not None else None
         self.session = session
         self._apply_talk_controls()
         self._session_ready.emit(session)
@@ -468,10 +459,10 @@ class CallController(QObject):
             self.gate.ptt = self.ptt_pressed
 
     def set_vad_threshold(self, dbfs: float) -> None:
+        """Stored for the next calls and applied to the call in progress at once."""
         self.settings.vad_threshold_dbfs = float(dbfs)
-        if self.session is not None and hasattr(self.session, "set_vad_threshold"):
-            with contextlib.suppress(Exception):
-                self.session.set_vad_threshold(float(dbfs))
+        if self.session is not None:
+            self.session.set_vad_threshold(float(dbfs))
         if self.gate is not None:
             self.gate.vad_threshold_dbfs = float(dbfs)
 
@@ -510,11 +501,10 @@ class CallController(QObject):
         d.mkdir(parents=True, exist_ok=True)
         peer = (getattr(self.peer_info, "peer_nickname", "") or "peer").replace("/", "_")[:32]
         path = d / f"call-{time.strftime('%Y%m%d-%H%M%S')}-{peer}.fcr"
-        if hasattr(self.session, "start_recording"):
+        try:
             self.session.start_recording(path)
-        elif self._clip is not None:
-            self._clip.start()
-        else:
+        except (OSError, RuntimeError) as exc:
+            self.failed.emit(f"The recording could not be started: {exc}")
             return None
         self._recording_to = path
         return path
@@ -524,10 +514,8 @@ class CallController(QObject):
         if path is None:
             return None
         try:
-            if self.session is not None and hasattr(self.session, "stop_recording"):
+            if self.session is not None:
                 self.session.stop_recording()
-            elif self._clip is not None:
-                self._clip.save(path)
         except Exception as exc:  # noqa: BLE001
             self.failed.emit(f"The recording could not be saved: {exc}")
             return None
@@ -553,7 +541,7 @@ class CallController(QObject):
         if self.recording:
             self.stop_recording()
         self._set_phase("ending")
-        session, source, sink, full = self.session, self.source, self.sink, self._full_recording
+        session, source, sink = self.session, self.source, self.sink
 
         def cleanup() -> None:
             with contextlib.suppress(Exception):
@@ -561,15 +549,10 @@ class CallController(QObject):
             for d in (source, sink):
                 with contextlib.suppress(Exception):
                     d.close()
-            if full is not None:
-                with contextlib.suppress(OSError):
-                    Path(full).unlink()
 
         def finished(_: Any = None) -> None:
             self.session = self.source = self.sink = self.gate = self.meter = None
             self.bridge = None
-            self._clip = None
-            self._full_recording = None
             self._set_phase("idle")
             self.call_ended.emit(reason, message)
 
@@ -589,9 +572,6 @@ class CallController(QObject):
             if d is not None:
                 with contextlib.suppress(Exception):
                     d.close()
-        if self._full_recording is not None:
-            with contextlib.suppress(OSError):
-                Path(self._full_recording).unlink()
         if self.bridge is not None:
             self.bridge.stop()
         self.session = self.source = self.sink = None

@@ -83,7 +83,7 @@ class TalkPanel(QGroupBox):
         self.vad_slider.setValue(int(s.vad_threshold_dbfs))
         self.vad_slider.setAccessibleName("Voice activity threshold")
         self.vad_slider.setToolTip("Voice-activity mode sends audio while the microphone is louder than this "
-                                   "(a change takes effect from the next call)")
+                                   "(a change applies at once, also during a call)")
         g.addWidget(self.vad_slider, 4, 1, 1, 2)
         self.vad_label = QLabel(f"{int(s.vad_threshold_dbfs)} dBFS")
         g.addWidget(self.vad_label, 4, 3)

@@ -5,16 +5,12 @@ level fields in :class:`app.session.CallStats`: the GUI then gates the microphon
 (:class:`GatedSource`: zeros while muted, while the push-to-talk key is up, or below the voice-activity
 threshold) and measures the decoded audio (:class:`MeteredSink`). Both run on the session's worker threads
 and do one numpy reduction per 80 ms chunk; attribute access falls through to the wrapped object.
-
-:class:`RecordingClip` cuts the part of a whole-call recording between two moments into its own ``.fcr``
-(the record button, for session builds without ``start_recording``).
+(Recording a part of a call is the session's own: ``CallSession.start_recording`` / ``stop_recording``.)
 """
 
 from __future__ import annotations
 
 import math
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,38 +76,3 @@ class MeteredSink:
         a = np.asarray(x, dtype=np.float32)
         self.output_level_dbfs = level_dbfs(a * np.float32(getattr(self._inner, "gain", 1.0)))
         return self._inner.write_chunk(a)
-
-
-class RecordingClip:
-    """Marks on a whole-call ``.fcr`` being written; :meth:`save` copies the records between the marks.
-
-    ``t0`` is when the recording was created (``time.monotonic()``, just before the session started)."""
-
-    def __init__(self, full_path: str | Path, t0: float) -> None:
-        self.full_path = Path(full_path)
-        self.t0 = t0
-        self.start_ms: int | None = None
-
-    def start(self) -> None:
-        self.start_ms = int((time.monotonic() - self.t0) * 1000)
-
-    def save(self, out_path: str | Path) -> Path:
-        from app.recording import CHUNK, TEXT, RecordingReader, RecordingWriter
-
-        if self.start_ms is None:
-            raise RuntimeError("the clip was not started")
-        stop_ms = int((time.monotonic() - self.t0) * 1000)
-        reader = RecordingReader(self.full_path)  # stops cleanly at the record being written
-        out = Path(out_path)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with RecordingWriter(out, reader.header) as w:
-            for r in reader:
-                if not self.start_ms <= r.time_ms <= stop_ms:
-                    continue
-                t = r.time_ms - self.start_ms
-                if r.kind == CHUNK and r.tokens is not None:
-                    w.add_chunk(r.direction, r.chunk_index, r.tokens, time_ms=t)
-                elif r.kind == TEXT and r.text is not None:
-                    w.add_text(r.direction, r.text, time_ms=t)
-        self.start_ms = None
-        return out
