@@ -9,6 +9,7 @@ Every wait is bounded in time and every loop in count.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -500,3 +501,58 @@ def test_cli_call_two_processes(tmp_path):
         host_err.close()
         conn_err.close()
 
+
+def test_cli_call_talk_flags(tmp_path, capsys):
+    """--mute, --transmit, --vad-threshold and --volume reach the session: a muted host sends no audio at all,
+    and at volume 0 hears digital silence while its peer talks. Bad values are refused with the flag's name."""
+    from app.cli import main
+
+    for bad, msg in ((["--volume", "2.5"], "--volume must be in [0, 2]"),
+                     (["--vad-threshold", "5"], "--vad-threshold must be in [-100, 0]"),
+                     (["--vad-threshold", "nan"], "--vad-threshold"),
+                     (["--transmit", "loud"], "invalid choice")):
+        with pytest.raises(SystemExit) if bad[0] == "--transmit" else contextlib.nullcontext():
+            rc = main(["call", "host", "127.0.0.1:0", "--local", "--model", "untrained", "--output", "none",
+                       "--input", str(clip(tmp_path, 1.0)), *bad])
+            assert rc == 2
+        assert msg in capsys.readouterr().err
+
+    speech = clip(tmp_path, 3.0)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    common = ["--local", "--model", "untrained", "--input", str(speech), "--duration", "2.5"]
+    cmd = [sys.executable, "-m", "app.cli", "call"]
+    host_err = (tmp_path / "host.err").open("w")
+    conn_err = (tmp_path / "connect.err").open("w")
+    host = subprocess.Popen([*cmd, "host", "127.0.0.1:0", *common, "--output", str(tmp_path / "host.wav"), "--mute",
+                             "--transmit", "vad", "--vad-threshold", "-30", "--volume", "0",
+                             "--record", str(tmp_path / "host.fcr")],
+                            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=host_err,
+                            text=True)
+    conn = None
+    try:
+        line = _readline(host, 30.0)
+        assert line.startswith("listening on 127.0.0.1:"), (line, (tmp_path / "host.err").read_text())
+        port = int(line.rsplit(":", 1)[1])
+        conn = subprocess.Popen([*cmd, "connect", f"127.0.0.1:{port}", *common, "--output", "none",
+                                 "--record", str(tmp_path / "conn.fcr")],
+                                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=conn_err, text=True)
+        rc_conn = conn.wait(timeout=40)
+        rc_host = host.wait(timeout=15)
+        errs = (tmp_path / "host.err").read_text(), (tmp_path / "connect.err").read_text()
+        assert (rc_host, rc_conn) == (0, 0), errs
+        assert "muted: type m and Enter to unmute" in errs[0]
+        assert not recorded(tmp_path / "host.fcr").get(SENT)  # muted from the start: not one chunk sent
+        assert len(recorded(tmp_path / "conn.fcr")[SENT]) >= 20  # the other way the call went on
+        assert len(recorded(tmp_path / "host.fcr")[RECEIVED]) >= 20
+        heard, _ = sf.read(str(tmp_path / "host.wav"), dtype="float32")
+        assert heard.size > 24000 and float(np.max(np.abs(heard))) == 0.0  # what it played, at volume 0
+    finally:
+        for proc in (host, conn):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+        if host.stdout is not None:
+            host.stdout.close()
+        host_err.close()
+        conn_err.close()

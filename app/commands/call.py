@@ -7,6 +7,11 @@ Four ways to connect::
     focalchat call host [HOST:]PORT      listens (TCP) for one peer; PORT 0 = any free port
     focalchat call connect HOST:PORT     calls a peer that listens
 
+Talking: ``--transmit continuous`` (default) sends all the time, ``vad`` only while the voice activity detector
+hears speech (``--vad-threshold DBFS``, RMS of 20 ms frames), ``ptt`` only while talking is switched on: press
+Enter to switch it on and off (stdin, once the call is up). ``--mute`` starts muted; type ``m`` and Enter to
+mute / unmute. ``--volume GAIN`` (0..2) scales what you hear.
+
 Codes and ``listening on HOST:PORT`` go to stdout (one line each, for scripts); everything else (state
 changes, a stats line every 2 s, errors) goes to stderr. Exit status: 0 the call ended normally (we or the
 peer hung up, ``--duration`` reached, Ctrl-C), 2 bad arguments / audio device / model, 3 could not connect
@@ -84,6 +89,17 @@ def register(sub) -> None:
     pk.add_argument("--jitter-ms", type=float, default=0.0, help="simulated jitter (standard deviation, ms)")
     pk.add_argument("--delay-ms", type=float, default=0.0, help="simulated one-way delay (ms)")
     pk.add_argument("--seed", type=int, default=0, help="seed of the simulated network")
+    talk = p.add_argument_group("talking and listening")
+    talk.add_argument("--transmit", default="continuous", choices=("continuous", "ptt", "vad"),
+                      help="when audio is sent: all the time; push-to-talk (Enter switches talking on/off); "
+                           "while the voice activity detector hears speech")
+    talk.add_argument("--vad-threshold", type=float, default=-45.0, metavar="DBFS",
+                      help="voice activity threshold, -100..0 dBFS (RMS of 20 ms frames): gates 'vad' mode, flags "
+                           "silent packets in every mode")
+    talk.add_argument("--volume", type=float, default=1.0, metavar="GAIN",
+                      help="gain on what you hear, 0..2 (1 = unchanged)")
+    talk.add_argument("--mute", action="store_true",
+                      help="start with the microphone muted (type m and Enter to unmute)")
     p.add_argument("--nickname", default="", help="your name, shown to the peer")
     p.add_argument("--record", metavar="FILE.fcr", help="record the call (both directions' tokens)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
@@ -244,6 +260,10 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"'call {args.how}' takes no address (codes go through stdin/stdout)")
         if not 0 <= args.loss < 100:
             raise ValueError("--loss is a percentage in [0, 100)")
+        if not -100.0 <= args.vad_threshold <= 0.0:  # also NaN
+            raise ValueError(f"--vad-threshold must be in [-100, 0] dBFS, got {args.vad_threshold:g}")
+        if not 0.0 <= args.volume <= 2.0:
+            raise ValueError(f"--volume must be in [0, 2], got {args.volume:g}")
     except ValueError as exc:
         _err(str(exc))
         return EXIT_USAGE
@@ -277,8 +297,10 @@ def run(args: argparse.Namespace) -> int:
                                     ("redundancy", args.redundancy)) if v is not None}
         config = make(connect_timeout_s=args.connect_timeout, ice_servers=tuple(args.ice),
                       local_only=args.local, nickname=args.nickname, record_path=args.record, netsim=netsim,
-                      name=args.how, **chosen)
+                      name=args.how, transmit_mode=args.transmit, vad_threshold_dbfs=args.vad_threshold,
+                      output_volume=args.volume, **chosen)
         session = CallSession(model, source, sink, config)
+        session.set_muted(bool(args.mute))
     except (ValueError, OSError) as exc:
         source.close()
         sink.close()
@@ -323,7 +345,51 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+class _Keys:
+    """Talk controls on stdin once the call is up (lines, read without blocking): an empty line switches
+    push-to-talk on/off (``--transmit ptt``), ``m`` mutes / unmutes. Nothing when stdin is closed or absent."""
+
+    def __init__(self, session, ptt: bool) -> None:
+        import os
+
+        self.session = session
+        self.ptt = ptt
+        self.talking = False
+        self._os = os
+        try:
+            self.fd: int | None = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):
+            self.fd = None
+        self._pending = b""
+
+    def poll(self) -> None:
+        for _ in range(16):  # bounded per call
+            if self.fd is None or not select.select([self.fd], [], [], 0)[0]:
+                return
+            try:
+                data = self._os.read(self.fd, 4096)
+            except OSError:
+                data = b""
+            if not data:  # end of input: no more keys
+                self.fd = None
+                return
+            self._pending += data
+            while b"\n" in self._pending:
+                line, _, self._pending = self._pending.partition(b"\n")
+                self._command(line.decode("utf-8", "replace").strip().lower())
+
+    def _command(self, cmd: str) -> None:
+        if cmd in ("m", "mute"):
+            self.session.set_muted(not self.session.muted)
+            _info("muted" if self.session.muted else "unmuted")
+        elif cmd == "" and self.ptt:
+            self.talking = not self.talking
+            self.session.set_ptt(self.talking)
+            _info("talking (Enter to stop)" if self.talking else "not talking (Enter to talk)")
+
+
 def _run_call(session, args: argparse.Namespace, verbose: bool, CallEnded, HandshakeOk) -> int:
+    keys = _Keys(session, ptt=args.transmit == "ptt")
     deadline: float | None = None
     next_stats = time.monotonic() + _STATS_PERIOD_S
     ended = None
@@ -337,11 +403,18 @@ def _run_call(session, args: argparse.Namespace, verbose: bool, CallEnded, Hands
             text = _describe(ev)
             if text is not None and (verbose or _important(ev)):
                 _info(text)
-            if isinstance(ev, HandshakeOk) and args.duration is not None:
-                deadline = time.monotonic() + args.duration
+            if isinstance(ev, HandshakeOk):
+                if args.duration is not None:
+                    deadline = time.monotonic() + args.duration
+                if args.transmit == "ptt" or args.mute:
+                    _info(("push-to-talk: press Enter to talk, Enter again to stop" if args.transmit == "ptt"
+                           else "") + ("; " if args.transmit == "ptt" and args.mute else "")
+                          + ("muted: type m and Enter to unmute" if args.mute else ""))
             if isinstance(ev, CallEnded):
                 ended = ev
                 break
+        if session.in_call:
+            keys.poll()
         now = time.monotonic()
         if session.in_call and now >= next_stats:
             next_stats = now + _STATS_PERIOD_S
