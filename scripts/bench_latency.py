@@ -64,6 +64,10 @@ the PortAudio/ALSA-plugin/PulseAudio buffers). The jitter-buffer wait depends on
 clock and B's playout clock, which is fixed for a call and random between calls: hence several runs (calls) per
 setting, each with fresh sessions and devices.
 
+Output trims. After a device underrun or stall the receiving session drops the audio queued in the speakers
+beyond its 25 ms cushion (``CallStats.output_trims``; see ``app.session._QueueGuard``): without that, one
+underrun left ~15-40 ms more in the output part for the rest of the call. The table counts them per setting.
+
 "audio I/O only" is a reference: A's MicSource chunks resampled straight into B's SpeakerSink (no codec, no
 network, no jitter buffer); its output is paced by the mic, so it underruns more than a call does.
 """
