@@ -331,3 +331,34 @@ def test_entropy_loss_usage_only():
     lats = torch.nn.functional.normalize(torch.randn(2, 32, 12), dim=-1)
     loss, usage = bsq_entropy_loss(lats, sample_weight=0.0)
     assert float(loss) == pytest.approx(-float(usage) * math.log(2) / 12, rel=1e-5)
+
+
+def test_export_calibrates_the_output_level(tmp_path, manifest):
+    tr = Trainer(_cfg(manifest, [replace(E2E, steps=1)]), tmp_path / "run", progress=False)
+    tr.run()
+    with torch.no_grad():
+        tr.model.decoder.head.proj.weight.mul_(0.1)  # a model that comes out 20 dB quiet
+        tr.model.decoder.head.proj.bias.mul_(0.1)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    folder = tr.export(tmp_path / "model")
+    from codec.pretrained import load_pretrained
+
+    model = load_pretrained(folder)
+    x, y = tr._sampler(16).batch(4, augment=False)
+    with torch.no_grad():
+        rec = model.sig_to_sig(torch.from_numpy(x))[:, : y.shape[1]]
+    ratio_db = 10 * np.log10(float(rec.pow(2).mean()) / float(np.mean(y**2)))
+    assert abs(ratio_db) < 3.0
+    for k, v in tr.model.state_dict().items():  # the run itself is untouched
+        assert torch.equal(v, before[k]), k
+
+
+def test_cli_export_only(tmp_path, manifest):
+    cfg = _cfg(manifest, [replace(E2E, steps=1)])
+    cfg.save(tmp_path / "c.json")
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", str(tmp_path / "c.json"), "--resume",
+                        str(tmp_path / "run"), "--export-only", "--export", str(tmp_path / "model")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "model" / "config.json").exists() and (tmp_path / "model" / "model.safetensors").exists()

@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] [default: auto]")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="when training stops, write the model (fp16 config.json + model.safetensors) here")
+    p.add_argument("--export-only", action="store_true",
+                   help="no training: load --resume's checkpoint and write --export (level-calibrated)")
     p.add_argument("--data-root", default=None, metavar="DIR",
                    help="folder relative manifest paths in the config are taken from [default: current folder]")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,6 +68,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         trainer = Trainer(cfg, out, device=args.device, init_from=args.init_from,
                           data_base=Path(args.data_root) if args.data_root else None, progress=not args.no_progress)
+        if args.export_only:
+            if not (resume and args.export):
+                print("focalchat train: --export-only needs --resume and --export", file=sys.stderr)
+                return 2
+            trainer.load(resume)
+            print(f"model written to {trainer.export(args.export)}", file=sys.stderr)
+            return 0
         print(f"training on {trainer.device}; run folder {out}", file=sys.stderr)
         done = trainer.run(max_minutes=args.max_minutes, resume=resume)
     except (FileNotFoundError, ValueError, ConfigError) as e:

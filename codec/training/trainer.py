@@ -205,7 +205,11 @@ class Trainer:
             if st.kind == "e2e":
                 if st.self_feature_weight > 0:
                     ref = out["feats"].detach()
-                    sf = feature_mse(qfeats, ref) / ref.var().clamp_min(1e-6)
+                    pred = qfeats
+                    if enc_grad:  # keep the encoder out of it: predicting its own output lets it collapse
+                        lats2 = m.feats_to_lats(ref)
+                        pred = m.codes_to_qfeats(straight_through(lats2, m.lats_to_codes(lats2)))
+                    sf = feature_mse(pred, ref) / ref.var().clamp_min(1e-6)
                     loss = loss + st.self_feature_weight * sf
                     logs["self_feature"] = float(sf.detach())
                 if self.teacher is not None and st.feature_weight > 0:
@@ -443,7 +447,47 @@ class Trainer:
         self.save()
         return True
 
-    def export(self, folder: str | Path, dtype: torch.dtype = torch.float16) -> Path:
-        """Save the trained codec as a model folder (config.json + fp16 model.safetensors)."""
+    @torch.no_grad()
+    def calibrate_output_level(self, crops: int = 32, seconds: float = 4.0) -> float:
+        """Scale the decoder's output so decoded speech is as loud as the input on average.
+
+        Spectral losses on log magnitudes leave the overall level loosely tied (the decoder learns the
+        median, not the mean, of the energy it is unsure about), so a trained model can come out several
+        dB quiet. Measures the input/output energy ratio on unaugmented training crops and folds the gain
+        into the WaveNeXt head's linear layer (exact: the head is linear). Returns the gain applied.
+        """
+        from codec.decoder import WaveNeXt
+
+        if not isinstance(self.model.decoder, WaveNeXt):
+            return 1.0
+        chunks = max(1, int(seconds * 16000) // self.cfg.model.chunk_size)
+        sampler = CropSampler(self.train_utts, chunks * self.cfg.model.chunk_size, self.cfg.data.augment,
+                              self.rate_out, self.cfg.data.min_rms_dbfs, seed=4321)
+        x, y = sampler.batch(crops, augment=False)
+        was = self.model.training
         self.model.eval()
-        return self.model.to("cpu").save_pretrained(folder, dtype=dtype)
+        rec = self.model.sig_to_sig(torch.from_numpy(x).to(self.device))[:, : y.shape[1]]
+        self.model.train(was)
+        gain = float(np.sqrt(np.sum(y.astype(np.float64) ** 2) / max(float(rec.double().pow(2).sum()), 1e-12)))
+        gain = float(np.clip(gain, 0.1, 10.0))
+        head = self.model.decoder.head.proj
+        head.weight.mul_(gain)
+        if head.bias is not None:
+            head.bias.mul_(gain)
+        log.info("output level calibrated: gain %.2f (%+.1f dB)", gain, 20 * np.log10(gain))
+        return gain
+
+    def export(self, folder: str | Path, dtype: torch.dtype = torch.float16, calibrate: bool = True) -> Path:
+        """Save the trained codec as a model folder (config.json + fp16 model.safetensors), its output
+        level calibrated first (see :meth:`calibrate_output_level`; the run's checkpoints are not changed)."""
+        model = self.model
+        if calibrate:
+            import copy
+
+            backup = copy.deepcopy(model.decoder.state_dict())
+            self.calibrate_output_level()
+        model.eval()
+        folder = model.to("cpu").save_pretrained(folder, dtype=dtype)
+        if calibrate:
+            model.decoder.load_state_dict(backup)
+        return folder
