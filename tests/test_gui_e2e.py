@@ -5,14 +5,20 @@ virtual devices (tests/pulse_fixture.py), calls on 127.0.0.1.
    (``micfeed_a`` → ``vmic_a``) is encoded by the GUI, arrives at the peer and is decoded there (the peer's
    recording holds the GUI's chunks, and they follow the speech); the peer's speech comes back out of the GUI's
    virtual speaker (``spk_a``). A screenshot of the X screen mid-call is written as a test artifact
-   (``out/test-artifacts/gui-call.png``; also to ``$FOCALCHAT_SCREENSHOT`` when set, e.g. docs/).
+   (``out/test-artifacts/gui-call-<model>.png``; the ``default`` run also to ``$FOCALCHAT_SCREENSHOT`` when set).
 2. Two GUI instances call each other (host / connect), each on its own virtual devices: speech into A's mic
    comes out of B's speaker (recorded from ``spk_b.monitor``).
 
-Both use the untrained tiny model (``--model untrained``): deterministic, and while a mic is silent the peer's
-decoder output repeats exactly every 80 ms, so "the speech arrived" is measured as the departure from that
-period (as in tests/test_call_audio.py). The apps are ended with SIGTERM, which closes the window in order
-(hang up, close devices, save settings): each must exit with status 0.
+Test 1 runs twice: with the untrained tiny model (``--model untrained``) and with the embedded trained default
+model (``default``, assets/default_model; skipped while it is missing). Test 2 uses the untrained model only.
+The untrained model is deterministic, and while a mic is silent the peer's decoder output repeats exactly every
+80 ms, so "the speech arrived" is measured as the departure from that period (as in tests/test_call_audio.py).
+The trained model decodes speech as speech, so there the check is that the received audio *sounds like* what
+was sent: the log-energy envelope (20 ms frames) of what was played correlates with the sent speech's envelope
+at some lag (:func:`envelope_match`; no timing is assumed). The README screenshot (docs/screenshot-call.png) is
+the ``default`` run: ``FOCALCHAT_SCREENSHOT=docs/screenshot-call.png pytest tests/test_gui_e2e.py -k default``.
+The apps are ended with SIGTERM, which closes the window in order (hang up, close devices, save settings): each
+must exit with status 0.
 """
 
 from __future__ import annotations
@@ -126,10 +132,10 @@ def gui_env(tmp_path: Path, display: str, name: str) -> dict[str, str]:
     return env
 
 
-def write_config(path: Path, peer: str, nickname: str) -> Path:
+def write_config(path: Path, peer: str, nickname: str, model: str = "untrained") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"input_device": f"pulse:vmic_{peer}", "output_device": f"pulse:spk_{peer}",
-                                "local_only": True, "nickname": nickname, "model": "untrained",
+                                "local_only": True, "nickname": nickname, "model": model,
                                 "recordings_dir": str(path.parent / "recordings")}))
     return path
 
@@ -158,16 +164,53 @@ def span(rec_t0: float, t_from: float, t_to: float, n: int) -> slice:
     return slice(max(0, int((t_from - rec_t0) * SPK_RATE)), min(n, int((t_to - rec_t0) * SPK_RATE)))
 
 
-def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tmp_path):
-    from app.modelref import SPEECH_SAMPLE
+ENV_HOP_S = 0.02
+ENV_FLOOR_DB = -60.0
+ENVELOPE_MIN_CORR = 0.6
+
+
+def envelope_db(y: np.ndarray, rate: int) -> np.ndarray:
+    """Log energy (dBFS, floored at ENV_FLOOR_DB) of 20 ms frames."""
+    hop = int(round(ENV_HOP_S * rate))
+    n = len(y) // hop
+    rms = np.sqrt(np.mean(y[: n * hop].astype(np.float64).reshape(n, hop) ** 2, axis=1))
+    return np.maximum(20 * np.log10(np.maximum(rms, 1e-12)), ENV_FLOOR_DB)
+
+
+def envelope_match(sent: np.ndarray, sent_rate: int, got: np.ndarray, got_rate: int) -> tuple[float, float]:
+    """Best Pearson correlation of the sent speech's log-energy envelope with ``got``'s over all lags (seconds;
+    ``got`` may start late, so up to half the speech may hang off its start), and that lag."""
+    ex, ey = envelope_db(sent, sent_rate), envelope_db(got, got_rate)
+    pad = np.full(len(ex) // 2, ENV_FLOOR_DB)
+    ey = np.concatenate([pad, ey, np.full(max(0, len(ex) - len(ey)), ENV_FLOOR_DB), pad])
+    ex = ex - ex.mean()
+    sx = float(np.sqrt(np.sum(ex ** 2)))
+    best, best_lag = -1.0, 0
+    for lag in range(len(ey) - len(ex) + 1):
+        w = ey[lag:lag + len(ex)]
+        w = w - w.mean()
+        sw = float(np.sqrt(np.sum(w ** 2)))
+        if sw > 0:
+            c = float(np.dot(ex, w)) / (sx * sw)
+            if c > best:
+                best, best_lag = c, lag
+    return best, (best_lag - len(pad)) * ENV_HOP_S
+
+
+@pytest.mark.parametrize("model", ["untrained", "default"])
+def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tmp_path, model):
+    from app.modelref import SPEECH_SAMPLE, default_model_available
     from app.recording import RECEIVED, RecordingReader
+
+    if model == "default" and not default_model_available():
+        pytest.skip("the embedded default model is not in assets/default_model")
 
     x, sr = sf.read(str(SPEECH_SAMPLE), dtype="float32")
     speech_s = len(x) / sr
     peer_fcr, heard = tmp_path / "peer.fcr", tmp_path / "heard_by_peer.wav"
-    cfg = write_config(tmp_path / "gui" / "settings.json", "a", "alice")
+    cfg = write_config(tmp_path / "gui" / "settings.json", "a", "alice", model)
     spk_a = pulse.start_recording("spk_a.monitor", SPK_RATE, max_seconds=90)
-    peer = App(["call", "host", "127.0.0.1:0", "--local", "--model", "untrained", "--input", str(SPEECH_SAMPLE),
+    peer = App(["call", "host", "127.0.0.1:0", "--local", "--model", model, "--input", str(SPEECH_SAMPLE),
                 "--output", str(heard), "--record", str(peer_fcr), "--nickname", "headless-bob"],
                {**os.environ, "HF_HUB_OFFLINE": "1"}, "peer")
     gui = None
@@ -193,8 +236,8 @@ def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tm
         y_a = spk_a.stop()
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, ARTIFACTS / "gui-call.png")
-    if os.environ.get("FOCALCHAT_SCREENSHOT"):
+    shutil.copy(shot, ARTIFACTS / f"gui-call-{model}.png")
+    if os.environ.get("FOCALCHAT_SCREENSHOT") and model == "default":  # the README shows the real model
         shutil.copy(shot, os.environ["FOCALCHAT_SCREENSHOT"])
     from PySide6.QtGui import QImage
 
@@ -216,6 +259,14 @@ def test_gui_calls_a_headless_peer_through_virtual_audio_devices(pulse, xvfb, tm
     assert len(h) / hr > speech_s and float(np.sqrt(np.mean(h ** 2))) > 1e-3
     # and the peer's speech came out of the GUI's speaker
     assert len(y_a) > 2 * SPK_RATE and float(np.sqrt(np.mean(y_a ** 2))) > 1e-3
+    # trained model: what each side played sounds like the speech that was sent (the envelopes match)
+    c_peer, lag_peer = envelope_match(x, sr, h, hr)
+    c_gui, lag_gui = envelope_match(x, sr, y_a, SPK_RATE)
+    print(f"\n[{model}] envelope correlation with the sent speech: at the peer {c_peer:.2f} (lag {lag_peer:.2f} s), "
+          f"out of the GUI's speaker {c_gui:.2f} (lag {lag_gui:.2f} s)")
+    if model != "untrained":
+        assert c_peer > ENVELOPE_MIN_CORR, (c_peer, lag_peer)
+        assert c_gui > ENVELOPE_MIN_CORR, (c_gui, lag_gui)
 
 
 def test_two_gui_instances_call_each_other(pulse, xvfb, tmp_path):
