@@ -213,9 +213,12 @@ def test_speech_both_ways_through_virtual_devices(pulse, tmp_path):  # noqa: F81
         for t in watch.events[receiver]:  # leave out the glitch of a device underrun (and the period after it)
             ok[span(rec_t0, t - 0.15, t + 0.4, len(y))] = False
         assert np.count_nonzero(ok) > 0.3 * SPK_RATE, f"underruns at {receiver}: {watch.events[receiver]}"
-        before, during = float(np.max(e[ok])), float(np.mean(e[speech]))
+        # 90th percentile, not max: under load the receiver's jitter buffer may drop or stretch a silent chunk
+        # (DTX) and leave one short glitch in the quiet span; leakage of the other side's speech would
+        # fill the span
+        before, during = float(np.percentile(e[ok], 90)), float(np.mean(e[speech]))
         print(f"\n{sender} -> {receiver}: rms {20 * np.log10(rms):.1f} dBFS (floor {floor:.1e}); departure from the "
-              f"80 ms period: max {before:.1e} before the speech, mean {during:.1e} during it; "
+              f"80 ms period: p90 {before:.1e} before the speech, mean {during:.1e} during it; "
               f"{len(watch.events[receiver])} device underrun(s) at {receiver}")
         assert before < 1e-3, before
         assert during > 1e-2 and during > 30 * before, (before, during)
