@@ -25,6 +25,7 @@ from app.audio_io import (
     NullSpeakerSink,
     RingBuffer,
 )
+from tests.waiting import wait_until as _wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 SPEECH = REPO / "assets" / "speech_sample.wav"
@@ -53,16 +54,9 @@ def os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
+
 def wait_until(pred, timeout: float, step: float = 0.01) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds passed (bounded in count too)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return pred()
+    return _wait_until(pred, timeout, step)
 
 
 # ---------------------------------------------------------------------------------------------------------

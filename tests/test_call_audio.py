@@ -30,6 +30,7 @@ import soundfile as sf
 from app.modelref import SPEECH_SAMPLE, untrained_model
 from app.recording import RECEIVED, SENT, RecordingReader
 from app.session import CallConfig, CallSession
+from tests.waiting import wait_until
 
 SPK_RATE = 24000
 PERIOD = int(0.08 * SPK_RATE)
@@ -37,15 +38,6 @@ SPEECH_S = 2.5
 STAGGER_S = 1.2  # B starts talking this long after A
 
 
-def wait_until(pred, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return pred()
 
 
 def period_departure(y: np.ndarray) -> np.ndarray:

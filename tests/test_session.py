@@ -50,6 +50,7 @@ from app.session import (
     TextReceived,
 )
 from app.signaling import decode_code
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 1280
@@ -120,15 +121,6 @@ class EventLog:
         return [e for e in self.all() if isinstance(e, cls)]
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return pred()
 
 
 def loopback_only(code: str) -> None:

@@ -48,6 +48,7 @@ from app.transport import (
     uninstall_sack_policy,
     wire_bytes_per_message,
 )
+from tests.waiting import wait_until as _wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,15 +70,9 @@ SAMPLE_OFFER = (
 # ---------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return pred()
+
+def wait_until(pred, timeout: float, step: float = 0.01) -> bool:
+    return _wait_until(pred, timeout, step)
 
 
 def drain(q: queue.Queue, limit: int = 10_000) -> list:

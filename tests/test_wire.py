@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import queue
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +28,11 @@ from app.packet import COMPACT_FRAME_VERSION, FRAME_VERSION
 from app.recording import RECEIVED, SENT, RecordingReader
 from app.session import CallConfig, CallSession, HandshakeOk
 from app.transport import PeerTransport, TransportThread, allow_loopback_candidates
+from tests.waiting import wait_until
 
 TARGET_KBPS = 3.0
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 2):
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(step)
-    return pred()
 
 
 @pytest.fixture(scope="module")
