@@ -441,7 +441,8 @@ class Trainer:
                 self._setup_stage()
             self.pos.elapsed_s += time.monotonic() - t_start
             t_start = time.monotonic()
-            self.save() if self.pos.stage < len(self.cfg.stages) else None
+            if self.pos.stage < len(self.cfg.stages):
+                self.save()
         self.pos.stage = len(self.cfg.stages) - 1
         self.pos.step = self.cfg.stages[-1].steps
         self.save()
