@@ -73,7 +73,7 @@ def test_bundled_config_loads_and_fits_the_shipping_limits():
     model = FocalCodec(cfg.model)
     assert model.num_params() * 2 <= 20e6  # fp16 weights within the 20 MB budget
     assert model.bits_per_token == 16 and model.causal and model.chunk_size == 1280
-    assert [s.kind for s in cfg.stages] == ["e2e", "e2e", "e2e", "decoder"]
+    assert [s.kind for s in cfg.stages] == ["e2e", "e2e", "e2e", "e2e", "decoder"]
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -202,6 +202,12 @@ def test_stages_train_only_their_parts(tmp_path, manifest):
     after = _weights(tr)
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"encoder", "compressor", "decompressor", "decoder"}
+    # every finished stage leaves a loadable snapshot of the model as it was then
+    from codec.model import FocalCodec
+
+    snap = FocalCodec.from_pretrained(tmp_path / "run" / "stages" / "e2e")
+    assert set(snap.state_dict()) == set(tr.model.state_dict())
+    assert (tmp_path / "run" / "stages" / "gan" / "model.safetensors").exists()
     # the decoder stage alone leaves everything but the decoder untouched
     tr2 = Trainer(_cfg(manifest, [GAN]), tmp_path / "run2", progress=False)
     b2 = _weights(tr2)

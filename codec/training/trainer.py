@@ -324,6 +324,11 @@ class Trainer:
         (compact / "trainer.json.tmp").write_text(json.dumps(meta, indent=1))
         os.replace(compact / "trainer.json.tmp", compact / "trainer.json")
 
+    def _snapshot_stage(self, name: str) -> None:
+        """Keep the model as it was at the end of stage ``name`` in ``<out>/stages/<name>`` (fp16), so a later
+        stage that turns out worse (a GAN stage cut short, say) does not cost the earlier result."""
+        self.model.save_pretrained(self.out / "stages" / name, dtype=torch.float16)
+
     def load(self, path: str | Path) -> None:
         """Resume from ``last.pt`` or a compact folder (see the module docstring)."""
         p = Path(path)
@@ -434,6 +439,7 @@ class Trainer:
                              self.pos.step, self.out)
                     return False
             bar.close()
+            self._snapshot_stage(st.name)
             self.pos.stage += 1
             self.pos.step = 0
             self.pos.rewarm_from = None
