@@ -94,6 +94,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests.parecord import Recorder  # noqa: E402  (the parecord recorder the test fixture uses too)
+
 MIC_RATE, SPK_RATE = 16000, 24000
 CHUNK_S = 0.08
 CLICK_S = 0.010
@@ -180,58 +182,15 @@ class PrivatePulse:
             raise RuntimeError(f"paplay failed: {p.stderr.decode(errors='replace')}")
 
 
-class TimedRecorder:
-    """``parecord`` of one source; every read of its pipe is timestamped (monotonic) to map samples to time."""
+class TimedRecorder(Recorder):
+    """tests/parecord.py's recorder (shared with the test fixture); ``stop()`` also returns T0."""
 
-    def __init__(self, env: dict[str, str], source: str, rate: int, max_seconds: float) -> None:
-        self.source, self.rate = source, rate
-        self._max = int(max_seconds * rate) * 4
-        self._buf = bytearray()
-        self._marks: list[tuple[float, int]] = []  # (monotonic time of the read, bytes received so far)
-        self._proc = subprocess.Popen(
-            ["parecord", f"--device={source}", "--raw", "--format=float32le", f"--rate={rate}", "--channels=1",
-             "--latency-msec=10"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL)
-        self._thread = threading.Thread(target=self._pump, name=f"rec-{source}", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        out = self._proc.stdout
-        assert out is not None
-        while len(self._buf) < self._max:
-            b = out.read1(65536)
-            t = time.monotonic()
-            if not b:
-                break
-            self._buf += b
-            self._marks.append((t, len(self._buf)))
-
-    @property
-    def seconds(self) -> float:
-        return len(self._buf) / 4 / self.rate
-
-    def wait_for(self, seconds: float, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.seconds < seconds and time.monotonic() < deadline and self._thread.is_alive():
-            time.sleep(0.01)
-
-    def stop(self) -> tuple[np.ndarray, float]:
+    def stop(self) -> tuple[np.ndarray, float]:  # type: ignore[override]
         """(samples, T0): sample n was rendered at monotonic time ``T0 + n / rate``."""
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
-        self._thread.join(timeout=5)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-        raw = bytes(self._buf[: len(self._buf) // 4 * 4])
-        if not self._marks:
+        x = super().stop()
+        if not self.marks:
             raise RuntimeError(f"parecord {self.source} delivered nothing")
-        t0 = min(t - n / 4 / self.rate for t, n in self._marks)
-        return np.frombuffer(raw, dtype="<f4").astype(np.float32), t0
+        return x, self.t0
 
 
 # ---------------------------------------------------------------------------------------------------------------

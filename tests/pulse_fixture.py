@@ -13,19 +13,20 @@ other start-up failure is an error.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+from tests.parecord import Recorder
+
+__all__ = ["PulseServer", "Recorder", "pulse"]
 
 REPO = Path(__file__).resolve().parent.parent
 START = REPO / "scripts" / "start_pulse.sh"
@@ -39,71 +40,6 @@ def _refresh_portaudio() -> None:
         return
     sd._terminate()
     sd._initialize()
-
-
-class Recorder:
-    """A running ``parecord`` on one source; ``stop()`` returns what it captured as float32 mono.
-
-    ``t_start`` is when parecord was started; its first sample comes later (process start, connection: a
-    second or more on a loaded machine). ``t0`` estimates when sample 0 was rendered from the arrival of the
-    data: every read at monotonic time t holding samples up to n gives ``t0 <= t - n / rate``, and the
-    minimum over all reads is ``t0`` plus the smallest delivery delay (a few ms). Use ``t0`` to place the
-    recording on the monotonic clock."""
-
-    def __init__(self, env: dict[str, str], source: str, rate: int, max_seconds: float = 60.0):
-        self.rate = rate
-        self._max_bytes = int(max_seconds * rate) * 4
-        self._chunks: list[bytes] = []
-        self._n = 0
-        self._t0 = math.inf
-        self.t_start = time.monotonic()
-        self._proc = subprocess.Popen(
-            ["parecord", f"--device={source}", "--raw", "--format=float32le", f"--rate={rate}", "--channels=1",
-             "--latency-msec=10"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        self._thread = threading.Thread(target=self._pump, name=f"parecord-{source}", daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        out = self._proc.stdout
-        assert out is not None
-        while self._n < self._max_bytes:
-            b = out.read1(65536)
-            t = time.monotonic()
-            if not b:
-                break
-            self._chunks.append(b)
-            self._n += len(b)
-            self._t0 = min(self._t0, t - self._n / 4 / self.rate)
-
-    @property
-    def seconds(self) -> float:
-        return self._n / 4 / self.rate
-
-    @property
-    def t0(self) -> float:
-        """Monotonic time of sample 0 (see the class docstring); ``t_start`` until data has arrived."""
-        return self._t0 if self._t0 < math.inf else self.t_start
-
-    def wait_for(self, seconds: float, timeout: float) -> None:
-        """Block until ``seconds`` of audio have been captured (or ``timeout`` wall seconds passed)."""
-        deadline = time.monotonic() + timeout
-        while self.seconds < seconds and time.monotonic() < deadline and self._thread.is_alive():
-            time.sleep(0.01)
-
-    def stop(self) -> np.ndarray:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait(timeout=5)
-        self._thread.join(timeout=5)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
-        raw = b"".join(self._chunks)
-        return np.frombuffer(raw[: len(raw) // 4 * 4], dtype="<f4").astype(np.float32)
 
 
 class PulseServer:
