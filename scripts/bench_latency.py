@@ -31,16 +31,29 @@ the speaker as the first sample that departs from that period, ``|y[n] - y[n - 8
 150 ms of steady output (a click with no steady output before it, e.g. right after a device underrun, is dropped
 and counted). At the mic the click is the first non-zero sample after silence (the feed is exact zeros).
 
-Shared clock. Two ``parecord`` processes record ``micfeed_a.monitor`` (16 kHz, what A's mic is fed) and
-``spk_b.monitor`` (24 kHz, what B's speakers play), both started before the call. Null sinks are clocked by the
-system monotonic clock, so sample n of a recording was rendered at ``T0 + n / rate``. ``T0`` is estimated per
-recording from the arrival of its data: every read of the pipe at monotonic time t holding samples up to N gives
-``T0 <= t - N / rate``; the lower envelope (the minimum over ~1000 reads of 5 ms) is T0 plus the smallest delivery
-delay. Both sinks run with the same 5 ms block (pactl shows it), so what a monitor delivers early or late is the
-same on both sides and cancels. Calibration (printed first): the same clicks recorded at once by two recorders
-on ``micfeed_a.monitor`` (their difference is the error of the mapping itself: a few hundredths of a ms; its
-median is subtracted) and by one on ``vmic_a`` (the remap source that A's MicSource reads: ~5 ms later, which is
-the virtual mic's own latency, part of the capture path like a real mic's, and not subtracted).
+Shared clock. Two ``parecord`` processes (tests/parecord.py, the recorder the test fixture uses) record
+``micfeed_a.monitor`` (16 kHz, what A's mic is fed) and ``spk_b.monitor`` (24 kHz, what B's speakers play), both
+started before the call. Null sinks are clocked by the system monotonic clock, so sample n of a recording maps
+to ``T0 + n / rate``. ``T0`` is estimated per recording from the arrival of its data: every read of the pipe at
+monotonic time t holding samples up to N gives ``T0 <= t - N / rate``; the lower envelope (the minimum over the
+reads made while the clicks play, a few hundred of 10 ms) is when the samples were *rendered* by the null sink,
+plus the smallest delivery delay (a fraction of a ms). A null sink renders up to its render-ahead R (its
+"configured latency" in ``pactl list sinks``: the smallest latency any of its clients, monitor recorders
+included, asked for) before it plays on its own clock, and a monitor hands audio out when it is rendered, i.e.
+up to R *before* it is played (PulseAudio reports a monitor recording's latency as negative, ``parecord -v``).
+So, with R read from pactl while the clicks play: the ear is what spk_b *plays*, ``T0 + n / rate + R_spk_b``
+(without it the figure would be R_spk_b, ~2.5-5 ms, too short); the mouth is when the click entered micfeed_a,
+i.e. was rendered there, which a render block of R_micfeed_a leaves uniform in ``[T0 + n / rate, + R]``: placed
+at ``+ R / 2`` (unbiased; +-R/2 per click, ~2.5 ms, which averages out over clicks at different phases). Only
+the reads made while the clicks play count, so that a render-ahead that changed when the call's streams
+connected (a client asking for less) does not skew T0. The recorders' own fragment (``--latency-msec=10``)
+sets how often data is handed over, not where the envelope lies, and asks its source for more latency than
+the keep-alive streams do, so it does not change the sinks' render-ahead. Calibration (printed first): the same
+clicks recorded at once by two recorders on ``micfeed_a.monitor`` (their difference is the error of the mapping
+itself: a few hundredths of a ms; its median is subtracted) and by one on ``vmic_a`` (the remap source that A's
+MicSource reads: ~5 ms later, one render block of micfeed_a: the virtual mic's own latency, part of the capture
+path like a real mic's, and not subtracted). The virtual devices' own latency in every figure is therefore that
+~5 ms plus R_spk_b; the table prints it.
 
 Chunk alignment. A chunk codec delays a click by the same amount wherever it falls in its 80 ms chunk: the click
 at offset k of chunk i is replayed at offset k of output chunk i. The untrained codec's output changes for the
@@ -64,6 +77,12 @@ the PortAudio/ALSA-plugin/PulseAudio buffers). The jitter-buffer wait depends on
 clock and B's playout clock, which is fixed for a call and random between calls: hence several runs (calls) per
 setting, each with fresh sessions and devices.
 
+Glitches. A setting is only as good as it is glitch-free, so each run also counts, on B's speaker side: device
+underruns (the SpeakerSink's ring buffer ran dry), PortAudio output underflows (the stream's own buffer ran dry:
+PulseAudio played silence, and the audio queued behind it stays late), dropouts (runs of >= 1 ms of exact
+zeros in what spk_b played while the clicks played: the decoder never outputs exact zeros, so these are gaps
+whatever their cause) and the least audio queued in the sink before a write (how close it came to running dry).
+
 Output trims. After a device underrun or stall the receiving session drops the audio queued in the speakers
 beyond its 25 ms cushion (``CallStats.output_trims``; see ``app.session._QueueGuard``): without that, one
 underrun left ~15-40 ms more in the output part for the rest of the call. The table counts them per setting.
@@ -79,6 +98,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -175,11 +195,22 @@ class PrivatePulse:
                        timeout=30)
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def play(self, sink: str, wav: Path, timeout: float) -> None:
-        p = subprocess.run(["paplay", f"--device={sink}", "--latency-msec=20", str(wav)], env=self.env,
-                           capture_output=True, timeout=timeout)
+    def play(self, sink: str, wav: Path, timeout: float) -> dict[str, str]:
+        """Play ``wav`` into ``sink`` (returns when it has been played); returns the sinks' latencies as pactl
+        shows them while it plays (see :func:`sink_latencies`)."""
+        p = subprocess.Popen(["paplay", f"--device={sink}", "--latency-msec=20", str(wav)], env=self.env,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            time.sleep(0.5)
+            sinks = sink_latencies(self)
+            _, err = p.communicate(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=5)
         if p.returncode != 0:
-            raise RuntimeError(f"paplay failed: {p.stderr.decode(errors='replace')}")
+            raise RuntimeError(f"paplay failed: {err.decode(errors='replace')}")
+        return sinks
 
 
 class TimedRecorder(Recorder):
@@ -289,6 +320,7 @@ class SinkTap:
         self._sink = sink
         self.rate = rate
         self.events: list[tuple[float, int, int]] = []  # (monotonic before the write, chunk number, offset)
+        self.ahead: list[tuple[float, float]] = []  # (monotonic before the write, ms queued in the sink then)
         self._p = int(round(CHUNK_S * rate))
         self._hist = np.zeros(0, np.float32)  # the last period written
         self._steady = 0
@@ -299,6 +331,9 @@ class SinkTap:
 
     def write_chunk(self, x):
         t = time.monotonic()
+        ahead = getattr(self._sink, "buffered_ms", None)
+        if isinstance(ahead, (int, float)):
+            self.ahead.append((t, float(ahead)))
         y = np.asarray(x, dtype=np.float32).reshape(-1)
         s = np.concatenate([self._hist, y])
         if len(s) > self._p:
@@ -360,13 +395,52 @@ class Run:
     config: str = ""  # the CallConfig that was used, in words
     output_trims: int = 0  # B's session dropped audio queued in the speakers beyond its target (CallStats)
     output_trimmed_ms: float = 0.0
+    dropouts: int = 0  # runs of >= 1 ms of exact zeros in what spk_b played while the clicks played
+    dropout_ms: float = 0.0
+    pa_underflows: int = 0  # output underflows PortAudio reported on B's speaker stream
+    min_ahead_ms: float | None = None  # least audio queued in B's sink before a write while the clicks played
+    render_ahead_ms: dict | None = None  # the sinks' render-ahead (configured latency) while the clicks played
+
+
+def render_ahead_s(sinks: dict[str, str] | None, name: str) -> float:
+    """A null sink's render-ahead (s): its configured latency as ``pactl list sinks`` shows it."""
+    m = re.search(r"configured (\d+) usec", (sinks or {}).get(name, ""))
+    if m is None:
+        raise RuntimeError(f"no configured latency for {name} in {sinks}")
+    return int(m.group(1)) / 1e6
+
+
+def zero_runs(y: np.ndarray, rate: int, min_s: float = 0.001) -> list[int]:
+    """Lengths (samples) of the runs of exact zeros at least ``min_s`` long."""
+    z = np.concatenate([[0], (y == 0.0).astype(np.int8), [0]])
+    d = np.diff(z)
+    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+    return [int(n) for n in ends - starts if n >= min_s * rate]
+
+
+@dataclasses.dataclass
+class Measured:
+    clicks: list[Click]
+    dropped: list[str]
+    extra: object  # what start_audio's stop() returned
+    render_ahead_ms: dict[str, float]  # micfeed_a / spk_b while the clicks played
+    dropouts: list[int]  # zero runs (samples) in what spk_b played while the clicks played
+    min_ahead_ms: float | None
 
 
 def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: float, cal_ms: float,
-            codec: bool = True) -> tuple:
+            codec: bool = True) -> Measured:
     """Record both monitors, start the audio pipeline (``start_audio() -> (stop, taps)``), play the clicks,
-    stop; returns (clicks, dropped, extra) with extra what ``stop()`` returned. ``codec=False`` (the audio-I/O
-    reference): the click itself comes out, so the raw delay is the figure and silence is no dropout."""
+    stop. ``codec=False`` (the audio-I/O reference): the click itself comes out, so the raw delay is the figure
+    and silence is no dropout.
+
+    Placing the two recordings on the monotonic clock (tests/parecord.py): each from the reads made while the
+    clicks played, so that T0 + n / rate is when sample n was rendered by its null sink, i.e. played less the
+    sink's render-ahead R (its configured latency, read with pactl while the clicks play). Ear: what spk_b
+    *plays*, so R_spk_b is added (a monitor hands audio out R early: PulseAudio reports a monitor recording's
+    latency as negative). Mouth: when the click entered micfeed_a, i.e. was rendered there; a render covers R,
+    so the click was rendered between T0 + n / rate and R later, uniformly: R_micfeed_a / 2 is added (unbiased,
+    +-R/2 per click)."""
     rec_in = TimedRecorder(pa.env, "micfeed_a.monitor", MIC_RATE, max_seconds=wav_s + settle_s + 30)
     rec_out = TimedRecorder(pa.env, "spk_b.monitor", SPK_RATE, max_seconds=wav_s + settle_s + 30)
     try:
@@ -375,13 +449,23 @@ def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: fl
         stop, src_tap, sink_tap = start_audio()
         try:
             time.sleep(settle_s)
-            pa.play("micfeed_a", wav, timeout=wav_s + 20)
+            t_play = time.monotonic()
+            sinks = pa.play("micfeed_a", wav, timeout=wav_s + 20)
+            t_played = time.monotonic()
             time.sleep(1.2)
         finally:
             extra = stop()
     finally:
-        x, t0_in = rec_in.stop()
-        y, t0_out = rec_out.stop()
+        x, _ = rec_in.stop()
+        y, _ = rec_out.stop()
+    window = (t_play - 0.2, t_played + 1.2)
+    t0_in, t0_out = rec_in.t0_between(*window), rec_out.t0_between(*window)
+    ahead_in, ahead_out = render_ahead_s(sinks, "micfeed_a"), render_ahead_s(sinks, "spk_b")
+    t0_in += ahead_in / 2.0
+    t0_out += ahead_out
+    lo, hi = (int(max(0.0, (t - t0_out) * SPK_RATE)) for t in (t_play, t_played + 0.5))
+    dropouts = zero_runs(y[lo:hi], SPK_RATE) if codec else []
+    aheads = [a for t, a in sink_tap.ahead if window[0] <= t <= window[1]]
     clicks: list[Click] = []
     dropped: list[str] = []
     for i in energy_onsets(x, MIC_RATE):
@@ -405,7 +489,8 @@ def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: fl
         clicks.append(Click(raw_ms=(t_spk - t_mic) * 1000.0, aligned_ms=(start_out - start_in) * 1000.0,
                             capture_ms=(ev_in[0] - start_in) * 1000.0, app_ms=(ev_out[0] - ev_in[0]) * 1000.0,
                             output_ms=(start_out - ev_out[0]) * 1000.0, k_ms=ev_in[2] / MIC_RATE * 1000.0))
-    return clicks, dropped, extra
+    return Measured(clicks, dropped, extra, {"micfeed_a": 1000.0 * ahead_in, "spk_b": 1000.0 * ahead_out},
+                    dropouts, min(aheads) if aheads else None)
 
 
 def open_devices(native: bool):
@@ -451,6 +536,7 @@ def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, nat
             st = b.stats()
             holder["sinks"] = sink_latencies(pa)
             holder["dev_underruns"] = spk_b.underruns
+            holder["pa_underflows"] = spk_b.status_underflows
             for s in (a, b):
                 s.stop()
             return st
@@ -458,17 +544,22 @@ def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, nat
         return stop, src_tap, sink_tap
 
     try:
-        clicks, dropped, st = measure(pa, wav, wav_s, start, settle_s=settle_s, cal_ms=cal_ms)
+        m = measure(pa, wav, wav_s, start, settle_s=settle_s, cal_ms=cal_ms)
     finally:
         for s in holder.get("sessions", ()):
             s.stop()
         for d in holder.get("devices", ()):
             d.close()
-    return Run(setting, clicks, dropped, breakdown=dataclasses.asdict(st.latency) | {"total_ms": st.mouth_to_ear_ms},
+    st = m.extra
+    return Run(setting, m.clicks, m.dropped,
+               breakdown=dataclasses.asdict(st.latency) | {"total_ms": st.mouth_to_ear_ms},
                stats_line=st.line(), played=st.played, lost=st.lost, late=st.late, underruns=st.underruns,
                device_underruns=holder.get("dev_underruns", 0), sinks=holder.get("sinks"),
                config=describe(holder["config"]) if "config" in holder else "",
-               output_trims=getattr(st, "output_trims", 0), output_trimmed_ms=getattr(st, "output_trimmed_ms", 0.0))
+               output_trims=getattr(st, "output_trims", 0), output_trimmed_ms=getattr(st, "output_trimmed_ms", 0.0),
+               dropouts=len(m.dropouts), dropout_ms=1000.0 * sum(m.dropouts) / SPK_RATE,
+               pa_underflows=holder.get("pa_underflows", 0), min_ahead_ms=m.min_ahead_ms,
+               render_ahead_ms=m.render_ahead_ms)
 
 
 def describe(cfg) -> str:
@@ -504,17 +595,20 @@ def run_passthrough(pa: PrivatePulse, wav: Path, wav_s: float, native: bool, cal
 
         def stop():
             holder["dev_underruns"] = spk_b.underruns
+            holder["pa_underflows"] = spk_b.status_underflows
             stop_ev.set()
             th.join(5.0)
 
         return stop, src_tap, sink_tap
 
     try:
-        clicks, dropped, _ = measure(pa, wav, wav_s, start, settle_s=1.0, cal_ms=cal_ms, codec=False)
+        m = measure(pa, wav, wav_s, start, settle_s=1.0, cal_ms=cal_ms, codec=False)
     finally:
         for d in holder.get("devices", ()):
             d.close()
-    return Run("audio I/O only", clicks, dropped, device_underruns=holder.get("dev_underruns", 0))
+    return Run("audio I/O only", m.clicks, m.dropped, device_underruns=holder.get("dev_underruns", 0),
+               pa_underflows=holder.get("pa_underflows", 0), min_ahead_ms=m.min_ahead_ms,
+               render_ahead_ms=m.render_ahead_ms)
 
 
 def calibrate(pa: PrivatePulse, wav: Path, wav_s: float) -> tuple[list[float], list[float]]:
@@ -588,6 +682,11 @@ def summarize(name: str, runs: list[Run], codec: bool = True) -> dict:
                 lost=sum(r.lost for r in runs), late=sum(r.late for r in runs),
                 underruns=sum(r.underruns for r in runs), device_underruns=sum(r.device_underruns for r in runs),
                 output_trims=sum(r.output_trims for r in runs),
+                dropouts=sum(r.dropouts for r in runs), dropout_ms=sum(r.dropout_ms for r in runs),
+                pa_underflows=sum(r.pa_underflows for r in runs),
+                min_ahead=min((r.min_ahead_ms for r in runs if r.min_ahead_ms is not None), default=None),
+                render_ahead={k: float(np.median([r.render_ahead_ms[k] for r in runs if r.render_ahead_ms]))
+                              for k in ("micfeed_a", "spk_b")} if any(r.render_ahead_ms for r in runs) else None,
                 breakdown=bd,
                 why_dropped=sorted({w for r in runs for w in r.dropped}))
 
@@ -603,28 +702,40 @@ def print_table(rows: list[dict], cal: tuple[list[float], list[float]], model_id
     if sinks:
         print("sink latencies during a call (pactl): " + ", ".join(f"{k} {v}" for k, v in sorted(sinks.items())))
     print("settings: " + "; ".join(f"{r['setting']} = {r['config']}" for r in rows if r["config"]))
+    print("\nThe virtual devices' own latency, part of every figure below (a real microphone and speaker have their "
+          "own instead): the virtual mic's delivery delay (calibration) + the virtual speaker's render-ahead "
+          "(spk_b's configured latency while the clicks played; the mouth is placed R/2 into micfeed_a's "
+          "render-ahead R):")
+    for r in rows:
+        ra = r.get("render_ahead")
+        if ra:
+            print(f"  {r['setting']}: {np.median(vmic):.1f} + {ra['spk_b']:.1f} = {np.median(vmic) + ra['spk_b']:.1f} ms "
+                  f"(micfeed_a R = {ra['micfeed_a']:.1f} ms)")
     print("\nmouth-to-ear = chunk-aligned (see the method); raw = speaker onset - mic onset; capture / app / "
-          "output: medians of the parts (ms)\n")
+          "output: medians of the parts (ms). Glitches: device underruns (B's SpeakerSink ring ran dry), PortAudio "
+          "output underflows, dropouts (>= 1 ms of exact zeros in what spk_b played while the clicks played, total "
+          "ms); min queued: the least audio in B's sink before a write then (ms)\n")
     print("| setting | clicks | mouth-to-ear p50 | p90 | raw onset p50 | capture | app | output | per-run p50 "
-          "| device underruns | output trims |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| device underruns | PA underflows | dropouts | min queued | output trims |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         n = f"{r['clicks']}" + (f" (+{r['carried']} near a chunk edge)" if r["carried"] else "") \
             + (f" (+{r['dropped']} dropped)" if r["dropped"] else "")
+        drops = f"{r.get('dropouts', 0)}" + (f" ({r['dropout_ms']:.0f} ms)" if r.get("dropouts") else "")
         print(f"| {r['setting']} | {n} | {f(r['p50'])} ms | {f(r['p90'])} ms | {f(r['raw_p50'])} ms | {f(r['capture'])} | {f(r['app'])} "
               f"| {f(r['output'])} | {', '.join(f(v) for v in r['per_run'])} | {r['device_underruns']} "
-              f"| {r.get('output_trims', 0)} |")
+              f"| {r.get('pa_underflows', 0)} | {drops} | {f(r.get('min_ahead'))} | {r.get('output_trims', 0)} |")
     print("\nCallStats latency breakdown (B's estimate at the end of each run, mean over runs), ms:\n")
-    print("| setting | chunk | encode | packetisation | network | jitter buffer | decode | device | estimate "
-          "| measured p50 | lost/late/underruns |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| setting | chunk | capture | encode | packetisation | network | jitter buffer | decode | device "
+          "| estimate | measured p50 | lost/late/underruns |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b = r["breakdown"]
         if not b:
             continue
-        print(f"| {r['setting']} | {b['chunk_ms']:.0f} | {b['encode_ms']:.1f} | {b['packetization_ms']:.0f} | "
-              f"{b['network_ms']:.1f} | {b['jitter_ms']:.0f} | {b['decode_ms']:.1f} | {b['device_ms']:.0f} | "
-              f"{b['total_ms']:.0f} | {f(r['p50'])} | {r['lost']}/{r['late']}/{r['underruns']} |")
+        print(f"| {r['setting']} | {b['chunk_ms']:.0f} | {b.get('capture_ms', 0.0):.1f} | {b['encode_ms']:.1f} | "
+              f"{b['packetization_ms']:.0f} | {b['network_ms']:.1f} | {b['jitter_ms']:.0f} | {b['decode_ms']:.1f} | "
+              f"{b['device_ms']:.0f} | {b['total_ms']:.0f} | {f(r['p50'])} | {r['lost']}/{r['late']}/{r['underruns']} |")
     print("\nSummary (focalchat call --preset NAME uses the same CallConfig factory):\n")
     print("| preset | mouth-to-ear p50 | p90 | session estimate |")
     print("|---|---|---|---|")
