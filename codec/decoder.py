@@ -1,8 +1,8 @@
 """Waveform decoders: causal WaveNeXt (streaming checkpoints, 24 kHz) and full-context Vocos (16 kHz).
 
-Both take features (B, N, input_dim) and run a ConvNeXt backbone. WaveNeXt's head maps each frame
-linearly to ``hop_length`` samples (no overlap-add), so streaming only carries the convolutions'
-left contexts (``kernel - 1`` frames, zeros at stream start).
+Both take features (B, N, input_dim) and run a ConvNeXt backbone, time-major (B, N, C) throughout.
+WaveNeXt's head maps each frame linearly to ``hop_length`` samples (no overlap-add), so streaming
+only carries the convolutions' left contexts (``kernel - 1`` frames, zeros at stream start).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VocosConfig, WaveNeXtConfig
-from .layers import Conv1d
-from .stream import with_left_context
+from .layers import Conv1d, gelu
+from .stream import History, with_left_context
 
 
 class ConvNeXtBlock(nn.Module):
@@ -21,7 +21,7 @@ class ConvNeXtBlock(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.causal = causal
-        self.dwconv = Conv1d(dim, dim, kernel, groups=dim, padding=0 if causal else kernel // 2)
+        self.dwconv = Conv1d(dim, dim, kernel, groups=dim, padding=0 if causal else kernel // 2, channels_last=True)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, ffn_dim)
         self.pwconv2 = nn.Linear(ffn_dim, dim)
@@ -32,14 +32,13 @@ class ConvNeXtBlock(nn.Module):
         """Initialise this module's own parameter (the layer scale)."""
         nn.init.constant_(self.gamma, self.layerscale)
 
-    def forward(self, x: Tensor, ctx: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """x (B, C, N) -> (B, C, N)."""
+    def forward(self, x: Tensor, ctx: History | None) -> tuple[Tensor, History | None]:
+        """x (B, N, C) -> (B, N, C); ``ctx`` = left context (B, K - 1, C) (None at stream start)."""
         y = x
         if self.causal:
-            y, ctx = with_left_context(y, ctx, self.kernel - 1, pad="zeros")
-        y = self.dwconv(y).transpose(1, 2)
-        y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
-        return x + (self.gamma * y).transpose(1, 2), ctx
+            y, ctx = with_left_context(y, ctx, self.kernel - 1, pad="zeros", dim=1)
+        y = self.pwconv2(gelu(self.pwconv1(self.norm(self.dwconv(y)))))
+        return torch.addcmul(x, self.gamma, y), ctx
 
 
 class Backbone(nn.Module):
@@ -49,25 +48,24 @@ class Backbone(nn.Module):
         self.causal = cfg.causal
         scale = cfg.layerscale_init if cfg.layerscale_init is not None else 1.0 / cfg.num_layers
         self.embedding = Conv1d(cfg.input_dim, cfg.dim, cfg.kernel_size,
-                                   padding=0 if cfg.causal else cfg.kernel_size // 2)
+                                padding=0 if cfg.causal else cfg.kernel_size // 2, channels_last=True)
         self.input_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.layers = nn.ModuleList(
             ConvNeXtBlock(cfg.dim, cfg.ffn_dim, cfg.kernel_size, scale, cfg.causal) for _ in range(cfg.num_layers)
         )
         self.output_norm = nn.LayerNorm(cfg.dim, eps=1e-6)
 
-    def forward(self, x: Tensor, state: list[Tensor | None] | None) -> tuple[Tensor, list[Tensor | None]]:
-        """x (B, N, Cin) -> (B, N, dim)."""
-        x = x.transpose(1, 2)
-        new: list[Tensor | None] = []
+    def forward(self, x: Tensor, state: list[History | None] | None) -> tuple[Tensor, list[History | None]]:
+        """x (B, N, Cin) -> (B, N, dim); ``state`` = left contexts of the embedding and each block."""
+        new: list[History | None] = []
         if self.causal:
-            x, c = with_left_context(x, state[0] if state else None, self.kernel - 1, pad="zeros")
+            x, c = with_left_context(x, state[0] if state else None, self.kernel - 1, pad="zeros", dim=1)
             new.append(c)
-        x = self.input_norm(self.embedding(x).transpose(1, 2)).transpose(1, 2)
+        x = self.input_norm(self.embedding(x))
         for i, layer in enumerate(self.layers):
             x, c = layer(x, state[i + 1] if state else None)
             new.append(c)
-        return self.output_norm(x.transpose(1, 2)), new
+        return self.output_norm(x), new
 
 
 class LinearHead(nn.Module):
@@ -88,7 +86,7 @@ class WaveNeXt(nn.Module):
         self.backbone = Backbone(cfg)
         self.head = LinearHead(cfg.dim, cfg.hop_length)
 
-    def forward(self, x: Tensor, state: list[Tensor | None] | None = None) -> tuple[Tensor, list[Tensor | None]]:
+    def forward(self, x: Tensor, state: list[History | None] | None = None) -> tuple[Tensor, list[History | None]]:
         """Features (B, N, C) -> waveform (B, N * hop) clamped to [-1, 1]."""
         x, state = self.backbone(x, state)
         return self.head(x).clamp(-1.0, 1.0), state

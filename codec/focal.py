@@ -1,8 +1,8 @@
 """Focal modulation: the compressor (FocalEncoder), the decompressor (FocalDecoder) and the chunk refiner.
 
-Tensors are channels-last (B, N, C) between blocks. In causal mode every depthwise convolution sees
-only past frames; its left context (``kernel - 1`` frames, replicate-padded at stream start) is the
-per-stream state. The "global" context of a causal block is a depthwise convolution spanning
+Tensors are channels-last (B, N, C) throughout, the convolutions included. In causal mode every
+depthwise convolution sees only past frames; its left context (``kernel - 1`` frames,
+replicate-padded at stream start, a :class:`codec.stream.History` along time) is the per-stream state. The "global" context of a causal block is a depthwise convolution spanning
 ``window_size`` frames instead of the full-context model's average over the whole utterance.
 """
 
@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocalDecoderConfig, FocalEncoderConfig
-from .layers import Conv1d, ConvTranspose1d, FeedForward
-from .stream import with_left_context
+from .layers import Conv1d, ConvTranspose1d, FeedForward, derived, gelu
+from .stream import History, with_left_context
 
-# Per-block state: one left context per focal level plus one for the global conv.
-FocalBlockState = list[Tensor | None]
+# Per-block state: one left context (B, K - 1, C) per focal level plus one for the global conv.
+FocalBlockState = list[History | None]
 
 
 class DynamicTanh(nn.Module):
@@ -36,17 +36,20 @@ class DynamicTanh(nn.Module):
 
 
 class Snake1d(nn.Module):
-    """x + sin^2(alpha x) / alpha with per-channel alpha; input (B, C, T)."""
+    """x + sin^2(alpha x) / alpha with per-channel alpha; input (B, T, C) (``channels_last``) or (B, C, T)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, channels_last: bool = False) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.alpha = nn.Parameter(torch.ones(channels, 1))
 
     def reset_parameters(self) -> None:
         nn.init.ones_(self.alpha)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + (self.alpha + 1e-9).reciprocal() * torch.sin(self.alpha * x).pow(2)
+        alpha = self.alpha.view(-1) if self.channels_last else self.alpha
+        inv = derived(self, "inv_alpha", alpha, lambda a: (a + 1e-9).reciprocal())
+        return torch.addcmul(x, inv, torch.sin(alpha * x).square())
 
 
 class FocalModulation(nn.Module):
@@ -64,40 +67,40 @@ class FocalModulation(nn.Module):
         if causal:
             self.kernels.append(window_size)
         self.layers = nn.ModuleList(
-            nn.Sequential(Conv1d(dim, dim, k, groups=dim), nn.GELU())
+            nn.Sequential(Conv1d(dim, dim, k, groups=dim, channels_last=True), nn.GELU())
             for k in self.kernels
         )
-        self.context_proj = Conv1d(dim, dim, 1)
+        self.context_proj = Conv1d(dim, dim, 1, channels_last=True)
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
         """x (B, N, C) -> (B, N, C)."""
         c, lvl = self.dim, self.focal_level
         q, z, gates = self.in_proj(x).split([c, c, lvl + 1], dim=-1)
-        z = z.transpose(1, 2)
-        gates = gates.transpose(1, 2)
         new_state: FocalBlockState = []
-        ctx_all = 0
+        ctx_all = None
         for k in range(lvl):
+            conv = self.layers[k][0]
             if self.causal:
-                z, s = with_left_context(z, state[k] if state else None, self.kernels[k] - 1)
+                z, s = with_left_context(z, state[k] if state else None, self.kernels[k] - 1, dim=1)
                 new_state.append(s)
-                z = self.layers[k](z)
             else:  # "same" padding; an even kernel pads one frame more on the right
                 k_ = self.kernels[k]
-                z = self.layers[k](F.pad(z, ((k_ - 1) // 2, k_ // 2)))
-            ctx_all = ctx_all + z * gates[:, k : k + 1]
+                z = F.pad(z, (0, 0, (k_ - 1) // 2, k_ // 2))
+            z = gelu(conv(z))
+            g = gates[..., k : k + 1]
+            ctx_all = z * g if ctx_all is None else torch.addcmul(ctx_all, z, g)
         if self.causal:
-            zg, s = with_left_context(z, state[lvl] if state else None, self.kernels[lvl] - 1)
+            zg, s = with_left_context(z, state[lvl] if state else None, self.kernels[lvl] - 1, dim=1)
             new_state.append(s)
-            glob = self.layers[lvl](zg)
+            glob = gelu(self.layers[lvl][0](zg))
         else:
-            glob = F.gelu(z.mean(dim=-1, keepdim=True))
-        ctx_all = ctx_all + glob * gates[:, lvl:]
+            glob = gelu(z.mean(dim=1, keepdim=True))
+        g = gates[..., lvl:]
+        ctx_all = glob * g if ctx_all is None else torch.addcmul(ctx_all, glob, g)
         if self.normalize_modulator:
             ctx_all = ctx_all / (lvl + 1)
-        modulator = self.context_proj(ctx_all).transpose(1, 2)
-        return self.out_proj(q * modulator), new_state
+        return self.out_proj(q * self.context_proj(ctx_all)), new_state
 
 
 class FocalBlock(nn.Module):
@@ -141,24 +144,24 @@ class FocalBlock(nn.Module):
 
 
 class DownScale(nn.Module):
-    """Conv1d(kernel = stride = factor) -> Snake; (B, Cin, N) -> (B, Cout, N / factor)."""
+    """Conv1d(kernel = stride = factor) -> Snake; (B, N, Cin) -> (B, N / factor, Cout)."""
 
     def __init__(self, cin: int, cout: int, factor: int) -> None:
         super().__init__()
-        self.downscale = Conv1d(cin, cout, factor, stride=factor)
-        self.activation = Snake1d(cout)
+        self.downscale = Conv1d(cin, cout, factor, stride=factor, channels_last=True)
+        self.activation = Snake1d(cout, channels_last=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.activation(self.downscale(x))
 
 
 class UpScale(nn.Module):
-    """Snake -> ConvTranspose1d(kernel = stride = factor); (B, Cin, N) -> (B, Cout, N * factor)."""
+    """Snake -> ConvTranspose1d(kernel = stride = factor); (B, N, Cin) -> (B, N * factor, Cout)."""
 
     def __init__(self, cin: int, cout: int, factor: int) -> None:
         super().__init__()
-        self.activation = Snake1d(cin)
-        self.upscale = ConvTranspose1d(cin, cout, factor, stride=factor)
+        self.activation = Snake1d(cin, channels_last=True)
+        self.upscale = ConvTranspose1d(cin, cout, factor, stride=factor, channels_last=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.upscale(self.activation(x))
@@ -171,8 +174,7 @@ class FocalDownScale(nn.Module):
         self.focal_block = FocalBlock(cout, cfg, cfg.window_size)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
-        x = self.downscale(x.transpose(1, 2)).transpose(1, 2)
-        return self.focal_block(x, state)
+        return self.focal_block(self.downscale(x), state)
 
 
 class FocalUpScale(nn.Module):
@@ -183,7 +185,7 @@ class FocalUpScale(nn.Module):
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
         x, state = self.focal_block(x, state)
-        return self.upscale(x.transpose(1, 2)).transpose(1, 2), state
+        return self.upscale(x), state
 
 
 class FocalEncoder(nn.Module):
@@ -225,8 +227,9 @@ class ChunkFeedForward(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         y = x.reshape(b, -1, self.chunk * c)
-        y = y + self.out_proj(F.gelu(self.in_proj(y)))
-        return y.reshape(b, n + pad, c)[:, :n]
+        y = y + self.out_proj(gelu(self.in_proj(y)))
+        y = y.reshape(b, n + pad, c)
+        return y[:, :n] if pad else y
 
 
 class FocalDecoder(nn.Module):

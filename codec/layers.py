@@ -1,21 +1,84 @@
-"""Convolutions that run streaming-size inputs as matrix products.
+"""Convolutions that run streaming-size inputs as matrix products, and small shared layers.
 
 A streaming step feeds each layer only a few frames (4 per 80 ms), so every layer is a weight-bound
 matrix-vector product. These subclasses keep the parameters (and state-dict keys) of the torch
 modules they extend, but compute short inputs with one matmul, where torch's convolution kernels are
 several times slower on such shapes. Each can also hold an int8 copy of its weight (``qlinear``,
 set by :mod:`codec.fastpath`), used instead of the float weight.
+
+With ``channels_last=True`` a convolution takes and returns time-major tensors (B, T, C) instead of
+(B, C, T): the codec keeps its activations time-major, so that layer norms, linear layers and the
+convolutions' left contexts (:class:`codec.stream.History` along time) need no transposes or copies.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Outputs up to which a convolution with kernel > 1 runs as unfold + matmul (the unfolded input
-# grows as frames x kernel x channels; longer one-shot inputs use torch's convolution).
+# grows as frames x kernel x channels; longer one-shot inputs use torch's convolution) ...
 MATMUL_MAX_FRAMES = 64
+# ... or, for more frames, while the unfolded input stays this small (elements): the first layers of
+# the CNN feature extractor see hundreds of frames per streaming step, but few channels.
+MATMUL_MAX_UNFOLD = 1 << 16
+# Depthwise kernels longer than this (the focal "global" context) run as one multiply-add over all
+# (output frame, tap) pairs up to LONG_KERNEL_MAX_FRAMES outputs (more: torch's convolution).
+LONG_KERNEL = 64
+LONG_KERNEL_MAX_FRAMES = 8
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact (erf) GELU, computed by ATen's vectorised kernel.
+
+    ATen hands contiguous float tensors to oneDNN, whose per-call setup (~5 us) costs more than the
+    whole activation of a streaming step; a transposed view of the same memory takes ATen's own
+    kernel, and the result is transposed back (the output keeps the input's memory layout, so it is
+    contiguous again). Same values up to float rounding (1 ulp) as ``F.gelu``.
+    """
+    if x.dim() >= 2 and x.shape[-1] > 1 and x.shape[-2] > 1:
+        return F.gelu(x.transpose(-1, -2)).transpose(-1, -2)
+    return F.gelu(x)
+
+
+class Derived:
+    """A tensor computed from a weight (``fn(src)``), kept until the weight changes.
+
+    Such a value depends on weights only, never on a stream. It is recomputed when ``src`` is replaced
+    or updated in place (its storage, version counter, shape or dtype differ); the entry holds a view
+    of the storage it was made from, so that no other tensor can take that address meanwhile. While
+    autograd records through ``src``, and for inference tensors (no version counter), ``fn(src)`` is
+    computed on every call.
+    """
+
+    __slots__ = ("src", "tag", "value")
+
+    def __init__(self) -> None:
+        self.src: Tensor | None = None
+        self.tag: tuple | None = None
+        self.value: Tensor | None = None
+
+    def get(self, src: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        if src.is_inference() or src.requires_grad and torch.is_grad_enabled():
+            return fn(src)
+        tag = (src.data_ptr(), src._version, src.shape, src.stride(), src.dtype, src.device)
+        if tag != self.tag:
+            with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable in any mode
+                value = fn(src.detach())
+            self.src, self.tag, self.value = src.detach(), tag, value
+        return self.value  # type: ignore[return-value]
+
+
+def derived(module: nn.Module, key: Hashable, src: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    """``fn(src)`` for a weight ``src`` of ``module``, kept on the module under ``key`` (see :class:`Derived`)."""
+    slots: dict = module.__dict__.setdefault("_derived", {})
+    slot = slots.get(key)
+    if slot is None:
+        slot = slots[key] = Derived()
+    return slot.get(src, fn)
 
 
 class FeedForward(nn.Module):
@@ -27,7 +90,7 @@ class FeedForward(nn.Module):
         self.out_proj = nn.Linear(ffn_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(F.gelu(self.in_proj(x)))
+        return self.out_proj(gelu(self.in_proj(x)))
 
 
 def _unfold_cl(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -38,10 +101,17 @@ def _unfold_cl(x: Tensor, kernel: int, stride: int) -> Tensor:
 
 
 class Conv1d(nn.Conv1d):
-    """nn.Conv1d; short unpadded inputs run as one matmul (grouped: one per group; depthwise: multiply-add)."""
+    """nn.Conv1d; short unpadded inputs run as one matmul (grouped: one per group; depthwise: multiply-add).
+
+    ``channels_last=True``: input (B, T, Cin) -> output (B, n, Cout) (torch's layout is (B, C, T)).
+    """
 
     # Optional int8 weights, registered as submodules by codec.fastpath:
     #   qlinear: dense convs, (n, Cin * K) -> (n, Cout); qgroups: grouped convs, one per group.
+
+    def __init__(self, *args, channels_last: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels_last = channels_last
 
     @property
     def qlinear(self) -> nn.Module | None:
@@ -51,19 +121,58 @@ class Conv1d(nn.Conv1d):
     def qgroups(self) -> nn.ModuleList | None:
         return self._modules.get("qgroups")  # type: ignore[return-value]
 
-    def _fast_ok(self, n_out: int) -> bool:
+    def _fast_ok(self, n_out: int, cin: int, k: int) -> bool:
         if self.padding != (0,) or self.dilation != (1,) or self.padding_mode != "zeros":
             return False
         if self.qlinear is not None or self.qgroups is not None:
             return True
-        return self.kernel_size[0] == 1 or n_out <= MATMUL_MAX_FRAMES
+        if self.groups == cin == self.out_channels and k > LONG_KERNEL:
+            return n_out <= LONG_KERNEL_MAX_FRAMES
+        return k == 1 or n_out <= MATMUL_MAX_FRAMES or n_out * cin * k <= MATMUL_MAX_UNFOLD
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, Cin, T) -> (B, Cout, n); channels_last: (B, T, Cin) -> (B, n, Cout)."""
+        cl = self.channels_last
         k, s = self.kernel_size[0], self.stride[0]
-        n_out = (x.shape[-1] - k) // s + 1
-        if n_out <= 0 or not self._fast_ok(n_out) or self.weight.requires_grad and torch.is_grad_enabled():
-            return super().forward(x)
-        b, cin = x.shape[0], x.shape[1]
+        n_out = (x.shape[1 if cl else 2] - k) // s + 1
+        cin = x.shape[2 if cl else 1]
+        if (n_out <= 0 or not self._fast_ok(n_out, cin, k)
+                or self.weight.requires_grad and torch.is_grad_enabled()):
+            return super().forward(x.transpose(1, 2)).transpose(1, 2) if cl else super().forward(x)
+        if cl:
+            return self._forward_cl(x, n_out, cin, k, s)
+        return self._forward_cf(x, n_out, cin, k, s)
+
+    def _forward_cl(self, x: Tensor, n_out: int, cin: int, k: int, s: int) -> Tensor:
+        """Fast paths on time-major input x (B, T, Cin) -> (B, n_out, Cout)."""
+        b = x.shape[0]
+        cout, g = self.out_channels, self.groups
+        if g == 1:
+            # (B, n, Cin, K) -> (B, n, Cin * K): channel-major like the weight
+            xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
+            if self.qlinear is not None:
+                return self.qlinear(xu)
+            return F.linear(xu, self.weight.view(cout, cin * k), self.bias)
+        if g == cin == cout:  # depthwise: per-channel dot products of each receptive field with the kernel
+            if k > LONG_KERNEL:  # (B, n, K, C) windows (rows contiguous) . (K, C), summed over K
+                w = derived(self, "weight_kc", self.weight, lambda w: w.view(cout, k).t().contiguous())
+                y = torch.linalg.vecdot(x.unfold(1, k, s).transpose(2, 3), w, dim=2)
+            else:  # (B, n, C, K) . (C, K), summed over K
+                y = torch.linalg.vecdot(x.unfold(1, k, s), self.weight.view(cout, k), dim=-1)
+            return y if self.bias is None else y + self.bias
+        cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
+        u = x.unfold(1, k, s).reshape(b, n_out, g, cg, k).permute(0, 2, 1, 3, 4).reshape(b, g, n_out, cg * k)
+        if self.qgroups is not None:
+            y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
+        else:
+            y = torch.matmul(u, self.weight.view(g, og, cg * k).transpose(1, 2))
+            if self.bias is not None:
+                y = y + self.bias.view(g, 1, og)
+        return y.permute(0, 2, 1, 3).reshape(b, n_out, cout)
+
+    def _forward_cf(self, x: Tensor, n_out: int, cin: int, k: int, s: int) -> Tensor:
+        """Fast paths on channel-major input x (B, Cin, T) -> (B, Cout, n_out)."""
+        b = x.shape[0]
         cout, g = self.out_channels, self.groups
         if g == 1:
             xu = x.transpose(1, 2) if k == 1 and s == 1 else _unfold_cl(x, k, s)
@@ -72,13 +181,10 @@ class Conv1d(nn.Conv1d):
             else:
                 y = F.linear(xu, self.weight.view(cout, cin * k), self.bias)
             return y.transpose(1, 2)
-        if g == cin == cout:  # depthwise: batched dot products for short kernels, torch's kernel for long ones
-            if k > 64:  # long kernels (the focal "global" context): one multiply-add per output frame
-                if n_out > 8:
-                    return super().forward(x)
+        if g == cin == cout:  # depthwise: batched dot products for short kernels, a loop over outputs for long ones
+            if k > LONG_KERNEL:
                 w = self.weight.view(cout, k)
-                xc = x.contiguous()
-                y = torch.stack([(xc[..., j * s : j * s + k] * w).sum(-1) for j in range(n_out)], -1)
+                y = torch.stack([(x[..., j * s : j * s + k] * w).sum(-1) for j in range(n_out)], -1)
                 return y if self.bias is None else y + self.bias[:, None]
             y = torch.matmul(x.unfold(-1, k, s), self.weight.view(cout, k, 1)).squeeze(-1)
             return y if self.bias is None else y + self.bias[:, None]
@@ -98,7 +204,14 @@ class Conv1d(nn.Conv1d):
 
 
 class ConvTranspose1d(nn.ConvTranspose1d):
-    """nn.ConvTranspose1d; with kernel == stride (no overlap) it is one matmul and a reshape."""
+    """nn.ConvTranspose1d; with kernel == stride (no overlap) it is one matmul and a reshape.
+
+    ``channels_last=True``: input (B, n, Cin) -> output (B, n * K, Cout).
+    """
+
+    def __init__(self, *args, channels_last: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.channels_last = channels_last
 
     @property
     def qlinear(self) -> nn.Module | None:
@@ -106,13 +219,22 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         return self._modules.get("qlinear")
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:  # type: ignore[override]
+        cl = self.channels_last
         k, s = self.kernel_size[0], self.stride[0]
         if (k != s or self.padding != (0,) or self.output_padding != (0,) or self.groups != 1
                 or self.dilation != (1,) or output_size is not None
                 or self.weight.requires_grad and torch.is_grad_enabled()):
+            if cl:
+                return super().forward(x.transpose(1, 2), output_size).transpose(1, 2)
             return super().forward(x, output_size)
-        b, cin, n = x.shape
         cout = self.out_channels
+        if cl:
+            b, n, cin = x.shape
+            y = self.qlinear(x) if self.qlinear is not None else torch.matmul(x, self.weight.view(cin, cout * k))
+            if k > 1:  # (B, n, Cout, K) -> (B, n, K, Cout) -> (B, n * K, Cout)
+                y = y.view(b, n, cout, k).transpose(2, 3).reshape(b, n * k, cout)
+            return y if self.bias is None else y + self.bias
+        b, cin, n = x.shape
         xt = x.transpose(1, 2)
         y = self.qlinear(xt) if self.qlinear is not None else torch.matmul(xt, self.weight.view(cin, cout * k))
         y = y.view(b, n, cout, k).permute(0, 2, 1, 3).reshape(b, cout, n * k)

@@ -48,12 +48,14 @@ class History:
 
     def extend(self, x: Tensor) -> Tensor:
         """Append ``x`` (n frames along ``dim``); returns the view ``[history; x]`` (length + n frames)."""
+        d = self.dim % x.dim()
         if self.buf is None:
             self._init(x)
-        elif self.buf.shape[:self.dim] != x.shape[:self.dim] or self.buf.dtype != x.dtype:
+        elif (self.buf.dtype != x.dtype or self.buf.dim() != x.dim() or self.buf.shape[:d] != x.shape[:d]
+              or self.buf.shape[d + 1:] != x.shape[d + 1:]):
             raise ValueError(f"stream shape/dtype changed mid-stream: history {tuple(self.buf.shape)} "
                              f"{self.buf.dtype}, new frames {tuple(x.shape)} {x.dtype}; start a new stream state")
-        n = x.shape[self.dim]
+        n = x.shape[d]
         cap = self.buf.shape[self.dim]
         if self.start + self.length + n > cap:
             keep = self.buf.narrow(self.dim, self.start, self.length)
@@ -80,14 +82,16 @@ class History:
         return None if self.buf is None else self.buf.narrow(self.dim, self.start, self.length)
 
 
-def with_left_context(x: Tensor, ctx: History | None, size: int, pad: str = "replicate") -> tuple[Tensor, History | None]:
-    """Prepend ``size`` frames of left context to ``x`` (B, C, T).
+def with_left_context(x: Tensor, ctx: History | None, size: int, pad: str = "replicate",
+                      dim: int = -1) -> tuple[Tensor, History | None]:
+    """Prepend ``size`` frames of left context to ``x`` along its time axis ``dim``.
 
-    ``ctx`` is the stream's history (None at stream start: a new one is made, padded with ``pad``).
-    Returns the extended input (B, C, size + T) and the history to pass to the next call.
+    ``x`` is (B, C, T) with ``dim=-1``, or time-major (B, T, C) with ``dim=1``. ``ctx`` is the
+    stream's history (None at stream start: a new one is made, padded with ``pad``). Returns the
+    extended input (size + T frames) and the history to pass to the next call.
     """
     if size == 0:
         return x, None
     if ctx is None:
-        ctx = History(size, dim=-1 if x.dim() == 3 else x.dim() - 1, pad=pad)
+        ctx = History(size, dim=dim, pad=pad)
     return ctx.extend(x), ctx

@@ -7,6 +7,8 @@ frames of lookahead inside chunks of ``1 + lookahead_size`` frames).
 
 Streaming state (:class:`WavLMState`) holds the CNN and positional-conv left contexts and, per
 layer, the keys/values of the last ``window_size - chunk_frames`` frames; it never grows.
+
+Activations are time-major (B, T, C) throughout, the convolutions included (``channels_last``).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
-from .layers import Conv1d, FeedForward
+from .layers import Conv1d, Derived, FeedForward, gelu
 from .stream import History, with_left_context
+
+# Relative position biases of at most this many elements (heads x queries x keys) are kept per shape.
+_BIAS_CACHE_MAX = 1 << 16
 
 
 @dataclass
@@ -28,23 +33,21 @@ class WavLMState:
     """Per-stream encoder state. ``num_frames`` = frames produced so far (absolute position)."""
 
     num_frames: int = 0
-    cnn_ctx: list[History | None] = field(default_factory=list)
-    pos_ctx: History | None = None
+    cnn_ctx: list[History | None] = field(default_factory=list)  # (B, K - 1, C) per layer
+    pos_ctx: History | None = None  # (B, K - 1, C)
     kv: list[tuple[History, History]] = field(default_factory=list)  # per layer: keys, values (B, H, P, Dh)
 
 
 class ConvLayer(nn.Module):
-    """Conv1d (no bias) -> LayerNorm over channels -> GELU."""
+    """Conv1d (no bias) -> LayerNorm over channels -> GELU; time-major (B, T, Cin) -> (B, n, Cout)."""
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int) -> None:
         super().__init__()
-        self.conv = Conv1d(cin, cout, kernel, stride=stride, bias=False)
+        self.conv = Conv1d(cin, cout, kernel, stride=stride, bias=False, channels_last=True)
         self.norm = nn.LayerNorm(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
-        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
-        return F.gelu(x)
+        return gelu(self.norm(self.conv(x)))
 
 
 class FeatureExtractor(nn.Module):
@@ -58,12 +61,12 @@ class FeatureExtractor(nn.Module):
         )
 
     def forward(self, sig: Tensor, ctx: list[History | None] | None) -> tuple[Tensor, list[History | None]]:
-        """sig (B, T) samples -> (B, C, N) frames; ``ctx`` = per-layer left contexts (None at start)."""
-        x = sig.unsqueeze(1)
+        """sig (B, T) samples -> (B, N, C) frames; ``ctx`` = per-layer left contexts (None at start)."""
+        x = sig.unsqueeze(-1)
         new_ctx: list[History | None] = []
         for i, layer in enumerate(self.layers):
             if self.causal:
-                x, c = with_left_context(x, ctx[i] if ctx else None, self.kernels[i] - 1)
+                x, c = with_left_context(x, ctx[i] if ctx else None, self.kernels[i] - 1, dim=1)
                 new_ctx.append(c)
             x = layer(x)
         return x, new_ctx
@@ -76,17 +79,18 @@ class PositionalConv(nn.Module):
         super().__init__()
         self.kernel = kernel
         self.causal = causal
-        self.conv = Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2)
+        self.conv = Conv1d(dim, dim, kernel, groups=groups, padding=0 if causal else kernel // 2,
+                           channels_last=True)
 
     def forward(self, x: Tensor, ctx: History | None) -> tuple[Tensor, History | None]:
-        """x (B, C, N) -> (B, C, N)."""
+        """x (B, N, C) -> (B, N, C)."""
         if self.causal:
-            x, ctx = with_left_context(x, ctx, self.kernel - 1)
-            return F.gelu(self.conv(x)), ctx
+            x, ctx = with_left_context(x, ctx, self.kernel - 1, dim=1)
+            return gelu(self.conv(x)), ctx
         y = self.conv(x)
         if self.kernel % 2 == 0:
-            y = y[..., :-1]
-        return F.gelu(y), None
+            y = y[:, :-1]
+        return gelu(y), None
 
 
 class GatedRelPosAttention(nn.Module):
@@ -105,8 +109,9 @@ class GatedRelPosAttention(nn.Module):
         nn.init.ones_(self.gru_rel_pos_const)
 
     def forward(self, x: Tensor, bias: Tensor, mask: Tensor | None, kv: tuple[History, History] | None) -> Tensor:
-        """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) bool (True = may attend) or None;
-        ``kv`` = key/value histories holding the P past frames (appended to in place), None for full context.
+        """x (B, n, C); bias (H, n, P + n) relative bias; mask (n, P + n) additive window mask (0 where a
+        query may attend, -inf elsewhere) or None (attend everywhere); ``kv`` = key/value histories
+        holding the P past frames (appended to in place), None for full context.
 
         Returns the output (B, n, C).
         """
@@ -121,7 +126,7 @@ class GatedRelPosAttention(nn.Module):
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0  # (B, H, n, 1)
         attn_bias = gate * bias
         if mask is not None:
-            attn_bias = attn_bias.masked_fill(~mask, float("-inf"))
+            attn_bias = attn_bias + mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         y = y.transpose(1, 2).reshape(b, n, c)
         return self.out_proj(y)
@@ -154,6 +159,30 @@ def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -
     return buckets + torch.where(is_small, rel, large)
 
 
+@dataclass
+class _Positions:
+    """What the attention of one query/key layout needs besides the weights: relative position buckets
+    (n, P + n) int64, the window mask (n, P + n) bool or None when every query sees every key, its
+    additive form per (dtype, device), and the relative bias (H, n, P + n) of one weight version."""
+
+    buckets: Tensor
+    mask: Tensor | None
+    masks: dict[tuple, Tensor] = field(default_factory=dict)
+    bias: Derived = field(default_factory=Derived)
+
+    def additive_mask(self, dtype: torch.dtype, device) -> Tensor | None:
+        """0 where a query may attend, -inf elsewhere (n, P + n); None when nothing is masked."""
+        if self.mask is None:
+            return None
+        m = self.masks.get((dtype, device))
+        if m is None:
+            with torch.inference_mode(False), torch.no_grad():  # plain tensor: usable when training too
+                m = torch.zeros(self.mask.shape, dtype=dtype, device=device)
+                m.masked_fill_(~self.mask.to(device), float("-inf"))
+            self.masks[(dtype, device)] = m
+        return m
+
+
 class TransformerEncoder(nn.Module):
     def __init__(self, cfg: WavLMConfig) -> None:
         super().__init__()
@@ -161,39 +190,61 @@ class TransformerEncoder(nn.Module):
         self.positional_embedding = PositionalConv(cfg.dim, cfg.conv_pos, cfg.conv_pos_groups, cfg.causal)
         self.relative_embedding = nn.Embedding(cfg.num_buckets, cfg.num_heads)
         self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
-        self._bucket_memo: dict[tuple[int, int, int], tuple[Tensor, Tensor | None]] = {}
+        # per (query phase in its chunk, past frames, new frames); shapes only, never per-stream state
+        self._bucket_memo: dict[tuple[int, int, int], _Positions] = {}
 
-    def _bias_and_mask(self, start: int, past: int, n: int, device) -> tuple[Tensor, Tensor | None]:
-        """Relative bias (H, n, past + n) and window mask for queries at absolute frames
-        ``start .. start + n - 1`` attending keys at ``start - past .. start + n - 1``."""
+    def _positions(self, start: int, past: int, n: int) -> _Positions:
+        """Buckets and window mask for queries at absolute frames ``start .. start + n - 1`` attending
+        keys at ``start - past .. start + n - 1`` (computed once per layout)."""
         cfg = self.cfg
         # the mask depends on the query phase inside its chunk, hence on start mod chunk
         key = (start % cfg.chunk_frames if cfg.causal else 0, past, n)
         memo = self._bucket_memo.get(key)
         if memo is None:
-            q = torch.arange(past, past + n)
-            kpos = torch.arange(past + n)
-            buckets = relative_position_bucket(kpos[None, :] - q[:, None], cfg.num_buckets, cfg.max_distance)
-            mask = None
-            if cfg.causal:
-                c = cfg.chunk_frames
-                qa = q + (start - past)  # absolute query frame
-                end = torch.clamp((qa // c + 1) * c, max=start + n) - (start - past)
-                mask = (kpos[None, :] < end[:, None]) & (kpos[None, :] >= end[:, None] - cfg.window_size)
-            memo = (buckets, mask)
+            with torch.inference_mode(False), torch.no_grad():  # plain tensors: usable when training too
+                q = torch.arange(past, past + n)
+                kpos = torch.arange(past + n)
+                buckets = relative_position_bucket(kpos[None, :] - q[:, None], cfg.num_buckets, cfg.max_distance)
+                mask = None
+                if cfg.causal:
+                    c = cfg.chunk_frames
+                    qa = q + (start - past)  # absolute query frame
+                    end = torch.clamp((qa // c + 1) * c, max=start + n) - (start - past)
+                    mask = (kpos[None, :] < end[:, None]) & (kpos[None, :] >= end[:, None] - cfg.window_size)
+                    if bool(mask.all()):  # e.g. every steady-state streaming step: nothing to mask
+                        mask = None
+            memo = _Positions(buckets, mask)
             if len(self._bucket_memo) > 64:
                 self._bucket_memo.clear()
             self._bucket_memo[key] = memo
-        buckets, mask = memo
-        bias = self.relative_embedding(buckets.to(device)).permute(2, 0, 1)
-        return bias, None if mask is None else mask.to(device)
+        return memo
+
+    def _bias_and_mask(self, start: int, past: int, n: int, device) -> tuple[Tensor, Tensor | None]:
+        """Relative bias (H, n, past + n) and additive window mask (n, past + n) (0 / -inf) or None
+        for queries at absolute frames ``start .. start + n - 1`` attending keys at
+        ``start - past .. start + n - 1``.
+
+        Outside training the bias is kept per layout and weight version (a gather from the embedding
+        table: a step then only scales it by its gates); the mask is None when every query sees every
+        key (any steady-state streaming step)."""
+        pos = self._positions(start, past, n)
+        emb = self.relative_embedding
+        w = emb.weight
+        mask = pos.additive_mask(w.dtype, device)
+
+        def gather(w: Tensor) -> Tensor:
+            return F.embedding(pos.buckets.to(device), w).permute(2, 0, 1).contiguous()
+
+        if pos.buckets.numel() * w.shape[1] > _BIAS_CACHE_MAX:  # long one-shot inputs: not kept
+            return gather(w), mask
+        return pos.bias.get(w, gather), mask
 
     def forward(self, x: Tensor, state: WavLMState) -> tuple[Tensor, WavLMState]:
         """x (B, n, C) projected CNN features -> (B, n, C); ``state`` supplies positions and caches."""
         cfg = self.cfg
         n = x.shape[1]
-        pos, pos_ctx = self.positional_embedding(x.transpose(1, 2), state.pos_ctx)
-        x = x + pos.transpose(1, 2)
+        pos, pos_ctx = self.positional_embedding(x, state.pos_ctx)
+        x = x + pos
         kv = state.kv
         if cfg.causal and not kv:
             keep = cfg.window_size - cfg.chunk_frames  # past frames any query of a chunk may see
@@ -219,7 +270,7 @@ class WavLM(nn.Module):
     def forward(self, sig: Tensor, state: WavLMState | None = None) -> tuple[Tensor, WavLMState]:
         state = state or WavLMState()
         x, cnn_ctx = self.feature_extractor(sig, state.cnn_ctx)
-        x = self.feature_proj(self.norm(x.transpose(1, 2)))
+        x = self.feature_proj(self.norm(x))
         x, new = self.encoder(x, state)
         new.cnn_ctx = cnn_ctx
         return x, new

@@ -135,6 +135,33 @@ def test_two_streams_do_not_share_state():
     torch.testing.assert_close(torch.cat(outs_b, 1), yb, atol=1e-6, rtol=0)
 
 
+def test_streaming_follows_weight_changes():
+    """What a model keeps between steps (relative position bias, derived weights) follows new weights."""
+    a, b = make(tiny_config(12), seed=0), make(tiny_config(12), seed=1)  # plain (not inference) weights
+    x = signal(8 * a.chunk_size)
+    with torch.inference_mode():
+        stream(a, x)  # fills the caches
+    a.load_state_dict(b.state_dict())
+    with torch.inference_mode():
+        ta, ya, _, _ = stream(a, x)
+        tb, yb, _, _ = stream(b, x)
+    assert torch.equal(ta, tb) and torch.equal(ya, yb)
+    with torch.no_grad():  # in-place updates too
+        for m in (a, b):
+            m.encoder.encoder.relative_embedding.weight.mul_(-1.5)
+            for mod in m.modules():
+                if hasattr(mod, "alpha"):
+                    mod.alpha.mul_(0.5)
+    with torch.inference_mode():
+        ta, ya, _, _ = stream(a, x)
+        tb, yb, _, _ = stream(b, x)
+    b2 = FocalCodec(b.config)
+    b2.load_state_dict(b.state_dict())
+    with torch.inference_mode():
+        tc, yc, _, _ = stream(b2, x)
+    assert torch.equal(ta, tb) and torch.equal(ya, yb) and torch.equal(ta, tc) and torch.equal(ya, yc)
+
+
 @torch.inference_mode()
 def test_reset_and_clone():
     m = make(tiny_config(12))
