@@ -281,6 +281,9 @@ def test_cli_reports_bad_config(tmp_path):
     assert r.returncode == 2 and "focalchat train:" in r.stderr
     r = subprocess.run([sys.executable, "-m", "app.cli", "train", "no_such_config"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "small_cpu" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", "small_cpu", "--threads", "0"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "--threads must be >= 1" in r.stderr
 
 
 def test_teacher_stage_needs_a_source(tmp_path, manifest):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ def register(sub) -> None:
                    help="resume from a run folder, last.pt or compact/ folder; 'auto' = --out if it holds one")
     p.add_argument("--init-from", default=None, metavar="MODEL", help="initialise weights from a model folder")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch threads, overriding the config's (1 keeps a busy 2-core machine's other core free)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] [default: auto]")
     p.add_argument("--export", default=None, metavar="DIR",
                    help="when training stops, write the model (fp16 config.json + model.safetensors) here")
@@ -61,6 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ConfigError) as e:
         print(f"focalchat train: {e}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("focalchat train: --threads must be >= 1", file=sys.stderr)
+            return 2
+        cfg = dataclasses.replace(cfg, threads=args.threads)
     out = Path(args.out or Path("runs") / path.stem)
     resume = args.resume
     if resume == "auto":
