@@ -28,18 +28,22 @@ class BinarySphericalQuantizer(nn.Module):
 
     def lats_to_toks(self, lats: Tensor) -> Tensor:
         """(B, N, D) -> (B, N) int64 in [0, 2**D)."""
-        return ((lats > 0).long() * self.mask).sum(-1)
+        return ((lats > 0) * self.mask).sum(-1)
 
     def codes_to_toks(self, codes: Tensor) -> Tensor:
         return self.lats_to_toks(codes)
 
     def toks_to_codes(self, toks: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
         """(B, N) int -> (B, N, D) codes +-1/sqrt(D)."""
-        toks = toks.long()
-        if toks.numel() and (int(toks.min()) < 0 or int(toks.max()) >= self.codebook_size):
-            raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got [{int(toks.min())}, {int(toks.max())}]")
-        bits = (toks.unsqueeze(-1) // self.mask) % 2
-        return (bits.to(dtype) * 2 - 1) * self.codebook_value
+        if toks.dtype != torch.int64:
+            toks = toks.long()
+        if toks.numel():
+            lo, hi = (int(v) for v in torch.aminmax(toks))
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"tokens must lie in [0, {self.codebook_size}), got [{lo}, {hi}]")
+        bits = (toks.unsqueeze(-1) & self.mask) != 0
+        codes = torch.where(bits, self.codebook_value, -self.codebook_value)  # float32, exactly +-1/sqrt(D)
+        return codes if codes.dtype == dtype else codes.to(dtype)
 
     @property
     def codebook(self) -> Tensor:

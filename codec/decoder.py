@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VocosConfig, WaveNeXtConfig
-from .layers import Conv1d, gelu
+from .layers import Conv1d, gelu, layer_norm, linear
 from .stream import History, with_left_context
 
 
@@ -37,7 +37,7 @@ class ConvNeXtBlock(nn.Module):
         y = x
         if self.causal:
             y, ctx = with_left_context(y, ctx, self.kernel - 1, pad="zeros", dim=1)
-        y = self.pwconv2(gelu(self.pwconv1(self.norm(self.dwconv(y)))))
+        y = linear(self.pwconv2, gelu(linear(self.pwconv1, layer_norm(self.norm, self.dwconv(y)))))
         return torch.addcmul(x, self.gamma, y), ctx
 
 
@@ -61,11 +61,11 @@ class Backbone(nn.Module):
         if self.causal:
             x, c = with_left_context(x, state[0] if state else None, self.kernel - 1, pad="zeros", dim=1)
             new.append(c)
-        x = self.input_norm(self.embedding(x))
+        x = layer_norm(self.input_norm, self.embedding(x))
         for i, layer in enumerate(self.layers):
             x, c = layer(x, state[i + 1] if state else None)
             new.append(c)
-        return self.output_norm(x), new
+        return layer_norm(self.output_norm, x), new
 
 
 class LinearHead(nn.Module):
@@ -76,7 +76,7 @@ class LinearHead(nn.Module):
         self.proj = nn.Linear(dim, hop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(1)
+        return linear(self.proj, x).flatten(1)
 
 
 class WaveNeXt(nn.Module):

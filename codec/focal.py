@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocalDecoderConfig, FocalEncoderConfig
-from .layers import Conv1d, ConvTranspose1d, FeedForward, derived, gelu
+from .layers import Conv1d, ConvTranspose1d, FeedForward, derived, gelu, layer_norm, linear, plain
 from .stream import History, with_left_context
 
 # Per-block state: one left context (B, K - 1, C) per focal level plus one for the global conv.
@@ -52,6 +52,25 @@ class Snake1d(nn.Module):
         return torch.addcmul(x, inv, torch.sin(alpha * x).square())
 
 
+def _norm(mod: nn.Module, x: Tensor) -> Tensor:
+    """``mod(x)`` for a block's norm (:class:`DynamicTanh` or ``nn.LayerNorm``), without the module call."""
+    if plain(mod, DynamicTanh):
+        return torch.tanh(mod._parameters["alpha"] * x)
+    return layer_norm(mod, x)
+
+
+class DepthwiseGELU(nn.Sequential):
+    """Depthwise Conv1d over time (time-major) -> GELU; an ``nn.Sequential`` for the published
+    state-dict keys (``<k>.0.weight``)."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__(Conv1d(dim, dim, kernel, groups=dim, channels_last=True), nn.GELU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, C) -> (B, T - kernel + 1, C)."""
+        return gelu(self._modules["0"](x))
+
+
 class FocalModulation(nn.Module):
     """Hierarchical depthwise contexts gated per level, modulating a query projection."""
 
@@ -66,41 +85,36 @@ class FocalModulation(nn.Module):
         self.kernels = [focal_factor * k + focal_window for k in range(focal_level)]
         if causal:
             self.kernels.append(window_size)
-        self.layers = nn.ModuleList(
-            nn.Sequential(Conv1d(dim, dim, k, groups=dim, channels_last=True), nn.GELU())
-            for k in self.kernels
-        )
+        self.layers = nn.ModuleList(DepthwiseGELU(dim, k) for k in self.kernels)
         self.context_proj = Conv1d(dim, dim, 1, channels_last=True)
         self.out_proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
         """x (B, N, C) -> (B, N, C)."""
         c, lvl = self.dim, self.focal_level
-        q, z, gates = self.in_proj(x).split([c, c, lvl + 1], dim=-1)
+        q, z, *gates = linear(self.in_proj, x).split([c, c] + [1] * (lvl + 1), dim=-1)  # gates (B, N, 1)
+        layers = list(self.layers)
         new_state: FocalBlockState = []
         ctx_all = None
         for k in range(lvl):
-            conv = self.layers[k][0]
             if self.causal:
                 z, s = with_left_context(z, state[k] if state else None, self.kernels[k] - 1, dim=1)
                 new_state.append(s)
             else:  # "same" padding; an even kernel pads one frame more on the right
                 k_ = self.kernels[k]
                 z = F.pad(z, (0, 0, (k_ - 1) // 2, k_ // 2))
-            z = gelu(conv(z))
-            g = gates[..., k : k + 1]
-            ctx_all = z * g if ctx_all is None else torch.addcmul(ctx_all, z, g)
+            z = layers[k](z)
+            ctx_all = z * gates[k] if ctx_all is None else torch.addcmul(ctx_all, z, gates[k])
         if self.causal:
             zg, s = with_left_context(z, state[lvl] if state else None, self.kernels[lvl] - 1, dim=1)
             new_state.append(s)
-            glob = gelu(self.layers[lvl][0](zg))
+            glob = layers[lvl](zg)
         else:
             glob = gelu(z.mean(dim=1, keepdim=True))
-        g = gates[..., lvl:]
-        ctx_all = glob * g if ctx_all is None else torch.addcmul(ctx_all, glob, g)
+        ctx_all = glob * gates[lvl] if ctx_all is None else torch.addcmul(ctx_all, glob, gates[lvl])
         if self.normalize_modulator:
             ctx_all = ctx_all / (lvl + 1)
-        return self.out_proj(q * self.context_proj(ctx_all)), new_state
+        return linear(self.out_proj, q * self.context_proj(ctx_all)), new_state
 
 
 class FocalBlock(nn.Module):
@@ -131,15 +145,17 @@ class FocalBlock(nn.Module):
                 nn.init.constant_(g, self.layerscale_init)
 
     def forward(self, x: Tensor, state: FocalBlockState | None) -> tuple[Tensor, FocalBlockState]:
+        """x (B, N, C) -> (B, N, C)."""
         if self.use_post_norm:
             y, state = self.modulation(x, state)
-            y = self.modulation_norm(y)
+            y = _norm(self.modulation_norm, y)
         else:
-            y, state = self.modulation(self.modulation_norm(x), state)
-        x = x + (y if self.gamma_1 is None else self.gamma_1 * y)
-        y = self.feed_forward_norm(self.feed_forward(x)) if self.use_post_norm else \
-            self.feed_forward(self.feed_forward_norm(x))
-        x = x + (y if self.gamma_2 is None else self.gamma_2 * y)
+            y, state = self.modulation(_norm(self.modulation_norm, x), state)
+        g1, g2 = self.gamma_1, self.gamma_2
+        x = x + y if g1 is None else torch.addcmul(x, g1, y)
+        y = _norm(self.feed_forward_norm, self.feed_forward(x)) if self.use_post_norm else \
+            self.feed_forward(_norm(self.feed_forward_norm, x))
+        x = x + y if g2 is None else torch.addcmul(x, g2, y)
         return x, state
 
 
@@ -205,7 +221,7 @@ class FocalEncoder(nn.Module):
         for i, layer in enumerate(self.layers):
             x, s = layer(x, state[i] if state else None)
             new.append(s)
-        return self.out_proj(x), new
+        return linear(self.out_proj, x), new
 
 
 class ChunkFeedForward(nn.Module):
@@ -227,7 +243,7 @@ class ChunkFeedForward(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         y = x.reshape(b, -1, self.chunk * c)
-        y = y + self.out_proj(gelu(self.in_proj(y)))
+        y = y + linear(self.out_proj, gelu(linear(self.in_proj, y)))
         y = y.reshape(b, n + pad, c)
         return y[:, :n] if pad else y
 
@@ -248,7 +264,7 @@ class FocalDecoder(nn.Module):
         self.refiner = ChunkFeedForward(cfg.output_dim, cfg.lookahead_size + 1) if cfg.has_refiner else None
 
     def forward(self, x: Tensor, state: list[FocalBlockState] | None = None) -> tuple[Tensor, list[FocalBlockState]]:
-        x = self.in_proj(x)
+        x = linear(self.in_proj, x)
         new = []
         for i, layer in enumerate(self.layers):
             x, s = layer(x, state[i] if state else None)

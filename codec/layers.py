@@ -81,6 +81,31 @@ def derived(module: nn.Module, key: Hashable, src: Tensor, fn: Callable[[Tensor]
     return slot.get(src, fn)
 
 
+def plain(mod: nn.Module, cls: type) -> bool:
+    """``mod`` is exactly ``cls`` (not an int8 replacement or a parametrised subclass) and has no hooks."""
+    return type(mod) is cls and not (mod._forward_hooks or mod._forward_pre_hooks)
+
+
+def linear(mod: nn.Module, x: Tensor) -> Tensor:
+    """``mod(x)`` for a linear layer, without the module-call machinery for a plain ``nn.Linear``.
+
+    A module call and its two attribute look-ups cost ~3 us, as much as the matrix product of a
+    streaming step; an int8 replacement (:mod:`codec.fastpath`) or a module with hooks is called.
+    """
+    if plain(mod, nn.Linear):
+        p = mod._parameters
+        return F.linear(x, p["weight"], p["bias"])
+    return mod(x)
+
+
+def layer_norm(mod: nn.Module, x: Tensor) -> Tensor:
+    """``mod(x)`` for an ``nn.LayerNorm``, without the module-call machinery (see :func:`linear`)."""
+    if plain(mod, nn.LayerNorm):
+        p = mod._parameters
+        return F.layer_norm(x, mod.normalized_shape, p["weight"], p["bias"], mod.eps)
+    return mod(x)
+
+
 class FeedForward(nn.Module):
     """Linear(dim -> ffn_dim) -> GELU -> Linear(ffn_dim -> dim), over the last axis."""
 
@@ -90,7 +115,7 @@ class FeedForward(nn.Module):
         self.out_proj = nn.Linear(ffn_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_proj(gelu(self.in_proj(x)))
+        return linear(self.out_proj, gelu(linear(self.in_proj, x)))
 
 
 def _unfold_cl(x: Tensor, kernel: int, stride: int) -> Tensor:
@@ -136,41 +161,43 @@ class Conv1d(nn.Conv1d):
         k, s = self.kernel_size[0], self.stride[0]
         n_out = (x.shape[1 if cl else 2] - k) // s + 1
         cin = x.shape[2 if cl else 1]
-        if (n_out <= 0 or not self._fast_ok(n_out, cin, k)
-                or self.weight.requires_grad and torch.is_grad_enabled()):
+        p = self._parameters
+        w = p["weight"] if "weight" in p else self.weight
+        if (n_out <= 0 or torch.is_grad_enabled() and w.requires_grad
+                or not self._fast_ok(n_out, cin, k)):
             return super().forward(x.transpose(1, 2)).transpose(1, 2) if cl else super().forward(x)
+        b = p["bias"] if "bias" in p else self.bias
         if cl:
-            return self._forward_cl(x, n_out, cin, k, s)
-        return self._forward_cf(x, n_out, cin, k, s)
+            return self._forward_cl(x, w, b, n_out, cin, k, s)
+        return self._forward_cf(x, w, b, n_out, cin, k, s)
 
-    def _forward_cl(self, x: Tensor, n_out: int, cin: int, k: int, s: int) -> Tensor:
+    def _forward_cl(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
         """Fast paths on time-major input x (B, T, Cin) -> (B, n_out, Cout)."""
         b = x.shape[0]
         cout, g = self.out_channels, self.groups
         if g == 1:
             # (B, n, Cin, K) -> (B, n, Cin * K): channel-major like the weight
             xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
-            if self.qlinear is not None:
-                return self.qlinear(xu)
-            return F.linear(xu, self.weight.view(cout, cin * k), self.bias)
+            q = self.qlinear
+            return q(xu) if q is not None else F.linear(xu, w.view(cout, cin * k), bias)
         if g == cin == cout:  # depthwise: per-channel dot products of each receptive field with the kernel
             if k > LONG_KERNEL:  # (B, n, K, C) windows (rows contiguous) . (K, C), summed over K
-                w = derived(self, "weight_kc", self.weight, lambda w: w.view(cout, k).t().contiguous())
-                y = torch.linalg.vecdot(x.unfold(1, k, s).transpose(2, 3), w, dim=2)
+                wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())
+                y = torch.linalg.vecdot(x.unfold(1, k, s).transpose(2, 3), wkc, dim=2)
             else:  # (B, n, C, K) . (C, K), summed over K
-                y = torch.linalg.vecdot(x.unfold(1, k, s), self.weight.view(cout, k), dim=-1)
-            return y if self.bias is None else y + self.bias
+                y = torch.linalg.vecdot(x.unfold(1, k, s), w.view(cout, k), dim=-1)
+            return y if bias is None else y + bias
         cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
         u = x.unfold(1, k, s).reshape(b, n_out, g, cg, k).permute(0, 2, 1, 3, 4).reshape(b, g, n_out, cg * k)
         if self.qgroups is not None:
             y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
         else:
-            y = torch.matmul(u, self.weight.view(g, og, cg * k).transpose(1, 2))
-            if self.bias is not None:
-                y = y + self.bias.view(g, 1, og)
+            y = torch.matmul(u, w.view(g, og, cg * k).transpose(1, 2))
+            if bias is not None:
+                y = y + bias.view(g, 1, og)
         return y.permute(0, 2, 1, 3).reshape(b, n_out, cout)
 
-    def _forward_cf(self, x: Tensor, n_out: int, cin: int, k: int, s: int) -> Tensor:
+    def _forward_cf(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
         """Fast paths on channel-major input x (B, Cin, T) -> (B, Cout, n_out)."""
         b = x.shape[0]
         cout, g = self.out_channels, self.groups
@@ -179,23 +206,23 @@ class Conv1d(nn.Conv1d):
             if self.qlinear is not None:
                 y = self.qlinear(xu)
             else:
-                y = F.linear(xu, self.weight.view(cout, cin * k), self.bias)
+                y = F.linear(xu, w.view(cout, cin * k), bias)
             return y.transpose(1, 2)
         if g == cin == cout:  # depthwise: batched dot products for short kernels, a loop over outputs for long ones
             if k > LONG_KERNEL:
-                w = self.weight.view(cout, k)
-                y = torch.stack([(x[..., j * s : j * s + k] * w).sum(-1) for j in range(n_out)], -1)
-                return y if self.bias is None else y + self.bias[:, None]
-            y = torch.matmul(x.unfold(-1, k, s), self.weight.view(cout, k, 1)).squeeze(-1)
-            return y if self.bias is None else y + self.bias[:, None]
+                wk = w.view(cout, k)
+                y = torch.stack([(x[..., j * s : j * s + k] * wk).sum(-1) for j in range(n_out)], -1)
+                return y if bias is None else y + bias[:, None]
+            y = torch.matmul(x.unfold(-1, k, s), w.view(cout, k, 1)).squeeze(-1)
+            return y if bias is None else y + bias[:, None]
         cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
         u = x.unfold(-1, k, s).reshape(b, g, cg, n_out, k).permute(0, 1, 3, 2, 4).reshape(b, g, n_out, cg * k)
         if self.qgroups is not None:
             y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
         else:
-            y = torch.matmul(u, self.weight.view(g, og, cg * k).transpose(1, 2))
-            if self.bias is not None:
-                y = y + self.bias.view(g, 1, og)
+            y = torch.matmul(u, w.view(g, og, cg * k).transpose(1, 2))
+            if bias is not None:
+                y = y + bias.view(g, 1, og)
         return y.permute(0, 1, 3, 2).reshape(b, cout, n_out)
 
     def linear_weight(self) -> Tensor:
@@ -219,26 +246,30 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         return self._modules.get("qlinear")
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:  # type: ignore[override]
+        """(B, Cin, n) -> (B, Cout, n * K); channels_last: (B, n, Cin) -> (B, n * K, Cout)."""
         cl = self.channels_last
         k, s = self.kernel_size[0], self.stride[0]
+        p = self._parameters
+        w = p["weight"] if "weight" in p else self.weight
         if (k != s or self.padding != (0,) or self.output_padding != (0,) or self.groups != 1
                 or self.dilation != (1,) or output_size is not None
-                or self.weight.requires_grad and torch.is_grad_enabled()):
+                or torch.is_grad_enabled() and w.requires_grad):
             if cl:
                 return super().forward(x.transpose(1, 2), output_size).transpose(1, 2)
             return super().forward(x, output_size)
-        cout = self.out_channels
+        bias = p["bias"] if "bias" in p else self.bias
+        cout, q = self.out_channels, self.qlinear
         if cl:
             b, n, cin = x.shape
-            y = self.qlinear(x) if self.qlinear is not None else torch.matmul(x, self.weight.view(cin, cout * k))
+            y = q(x) if q is not None else torch.matmul(x, w.view(cin, cout * k))
             if k > 1:  # (B, n, Cout, K) -> (B, n, K, Cout) -> (B, n * K, Cout)
                 y = y.view(b, n, cout, k).transpose(2, 3).reshape(b, n * k, cout)
-            return y if self.bias is None else y + self.bias
+            return y if bias is None else y + bias
         b, cin, n = x.shape
         xt = x.transpose(1, 2)
-        y = self.qlinear(xt) if self.qlinear is not None else torch.matmul(xt, self.weight.view(cin, cout * k))
+        y = q(xt) if q is not None else torch.matmul(xt, w.view(cin, cout * k))
         y = y.view(b, n, cout, k).permute(0, 2, 1, 3).reshape(b, cout, n * k)
-        return y if self.bias is None else y + self.bias[:, None]
+        return y if bias is None else y + bias[:, None]
 
     def linear_weight(self) -> Tensor:
         """The weight as a (Cout * K, Cin) matrix."""

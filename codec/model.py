@@ -173,7 +173,8 @@ class FocalCodec(nn.Module):
         """sig (B, T) -> feats (B, ceil(T / 320), C)."""
         if sig.dim() != 2:
             raise ValueError(f"expected a signal of shape (batch, samples), got {tuple(sig.shape)}")
-        sig = sig.to(self.compute_dtype)
+        if sig.dtype != self.compute_dtype:
+            sig = sig.to(self.compute_dtype)
         seg = _ONESHOT_SEGMENT_CHUNKS * self.chunk_size
         if not self.causal or sig.shape[1] <= seg:
             feats, state = self.encoder(sig, state)
@@ -205,13 +206,16 @@ class FocalCodec(nn.Module):
 
     def codes_to_qfeats(self, codes: Tensor, state: list | None = None, return_state: bool = False):
         """codes (B, N, D) -> reconstructed features (B, N, C)."""
-        qfeats, state = self.decompressor(codes.to(self.compute_dtype), state)
+        if codes.dtype != self.compute_dtype:
+            codes = codes.to(self.compute_dtype)
+        qfeats, state = self.decompressor(codes, state)
         return (qfeats, state) if return_state else qfeats
 
     def feats_to_sig(self, feats: Tensor, state: list | None = None, return_state: bool = False):
         """features (B, N, C) -> waveform (B, N * hop) at the output rate."""
         sig, state = self.decoder(feats, state)
-        sig = sig.float()
+        if sig.dtype != torch.float32:
+            sig = sig.float()
         return (sig, state) if return_state else sig
 
     qfeats_to_sig = feats_to_sig

@@ -4,7 +4,8 @@ Every causal convolution needs the last ``kernel - 1`` input frames of its strea
 attention layer the keys/values of the last ``window - chunk`` frames. :class:`History` holds those
 frames in a buffer with spare room after them: appending ``n`` new frames writes only those frames,
 and ``[history; new]`` is returned as one contiguous view, so no step copies the whole context
-(the history is moved back to the front once every ``spare / n`` steps).
+(the history is moved back to the front once every ``spare / n`` steps). The views a step needs
+(where the new frames go, what it returns) recur with the buffer position and are kept.
 
 A history belongs to one stream and is updated in place: a step hands its state over to the next
 step (``copy.deepcopy`` a state to branch a stream).
@@ -16,6 +17,9 @@ from torch import Tensor
 
 # Spare frames after the history: the history is compacted once per SPARE / n appends of n frames.
 SPARE = 64
+# Buffer views kept per history (one pair per (start, length, n) position; steady steps cycle
+# through about SPARE / n + 1 of them).
+MAX_VIEWS = 2 * SPARE
 
 
 class History:
@@ -32,12 +36,14 @@ class History:
         self.buf: Tensor | None = None
         self.start = 0  # buffer index of the first kept frame
         self.length = 0  # kept frames (== size once full, or from the start when padded)
+        self._views: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}  # (start, length, n) -> (slot, view)
 
     def _init(self, x: Tensor) -> None:
         n = x.shape[self.dim]
         shape = list(x.shape)
         shape[self.dim] = self.size + max(n, SPARE)
         self.buf = x.new_empty(shape)
+        self._views = {}
         if self.pad is not None and self.size:
             head = self.buf.narrow(self.dim, 0, self.size)
             if self.pad == "replicate":
@@ -66,11 +72,19 @@ class History:
                 new = self.buf.new_empty(shape)
                 new.narrow(self.dim, 0, self.length).copy_(keep)
                 self.buf = new
+                self._views = {}
             else:
                 self.buf.narrow(self.dim, 0, self.length).copy_(keep.clone())
             self.start = 0
-        self.buf.narrow(self.dim, self.start + self.length, n).copy_(x)
-        view = self.buf.narrow(self.dim, self.start, self.length + n)
+        key = (self.start, self.length, n)
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) >= MAX_VIEWS:
+                self._views.clear()
+            views = self._views[key] = (self.buf.narrow(d, self.start + self.length, n),
+                                        self.buf.narrow(d, self.start, self.length + n))
+        views[0].copy_(x)
+        view = views[1]
         total = self.length + n
         kept = min(total, self.size)
         self.start += total - kept

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
-from .layers import Conv1d, Derived, FeedForward, gelu
+from .layers import Conv1d, Derived, FeedForward, gelu, layer_norm, linear
 from .stream import History, with_left_context
 
 # Relative position biases of at most this many elements (heads x queries x keys) are kept per shape.
@@ -47,7 +47,7 @@ class ConvLayer(nn.Module):
         self.norm = nn.LayerNorm(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return gelu(self.norm(self.conv(x)))
+        return gelu(layer_norm(self.norm, self.conv(x)))
 
 
 class FeatureExtractor(nn.Module):
@@ -117,7 +117,7 @@ class GatedRelPosAttention(nn.Module):
         """
         b, n, c = x.shape
         h, dh = self.num_heads, self.head_dim
-        q, k, v = self.qkv_proj(x).view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(self.qkv_proj, x).view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
         if kv is not None:
             k, v = kv[0].extend(k), kv[1].extend(v)
         gate_a, gate_b = torch.sigmoid(
@@ -129,7 +129,7 @@ class GatedRelPosAttention(nn.Module):
             attn_bias = attn_bias + mask
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         y = y.transpose(1, 2).reshape(b, n, c)
-        return self.out_proj(y)
+        return linear(self.out_proj, y)
 
 
 class TransformerLayer(nn.Module):
@@ -141,8 +141,8 @@ class TransformerLayer(nn.Module):
         self.feed_forward = FeedForward(cfg.dim, cfg.ffn_dim)
 
     def forward(self, x: Tensor, bias: Tensor, mask: Tensor | None, kv: tuple[History, History] | None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), bias, mask, kv)
-        return x + self.feed_forward(self.feed_forward_norm(x))
+        x = x + self.attention(layer_norm(self.attention_norm, x), bias, mask, kv)
+        return x + self.feed_forward(layer_norm(self.feed_forward_norm, x))
 
 
 def relative_position_bucket(rel: Tensor, num_buckets: int, max_distance: int) -> Tensor:
@@ -270,7 +270,7 @@ class WavLM(nn.Module):
     def forward(self, sig: Tensor, state: WavLMState | None = None) -> tuple[Tensor, WavLMState]:
         state = state or WavLMState()
         x, cnn_ctx = self.feature_extractor(sig, state.cnn_ctx)
-        x = self.feature_proj(self.norm(x))
+        x = linear(self.feature_proj, layer_norm(self.norm, x))
         x, new = self.encoder(x, state)
         new.cnn_ctx = cnn_ctx
         return x, new
