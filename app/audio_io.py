@@ -378,6 +378,72 @@ class _Closable:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Stream timing
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeviceTiming:
+    """How :class:`MicSource` and :class:`SpeakerSink` open their PortAudio streams: the callback block
+    (``*_block_ms``) and the buffer PortAudio is asked for (``*_latency``: ``"low"``, ``"high"`` or seconds).
+    Whoever opens the devices for a call passes ``source_options()`` / ``sink_options()`` on; the call presets
+    carry one (``CallConfig.device_timing``).
+
+    What they cost and buy (PulseAudio through the ALSA ``pulse`` plugin at 16/24 kHz; measured with the
+    private PulseAudio of scripts/start_pulse.sh on a 2-core machine busy with training, see
+    scripts/bench_latency.py):
+
+    * **Output buffer**: the callback keeps PortAudio's buffer full, so all of it is delay: ``"high"`` (40 ms
+      with 10 ms blocks) puts ~50 ms between the sink's ring and what the speaker plays, 20 ms in 5 ms blocks
+      ~20 ms, 10 ms in 5 ms blocks ~15 ms (as the stream's DAC times say, :attr:`SpeakerSink.output_delay_ms`).
+      What it buys is time for the callback thread: PortAudio underflows when the callback (a Python
+      function: it needs the GIL) runs later than the buffer lasts, and through the pulse plugin that
+      leaves the audio queued behind the gap late for the rest of the stream (+26 ms seen with 20 ms in two
+      10 ms blocks), out of the reach of the session's queue guard. In full calls on the loaded machine
+      (scripts/bench_latency.py, 6 calls of ~25 s each): 10 ms in 5 ms blocks underflowed 13 times, 15 ms 3
+      times (3 calls), 20 ms in 5 ms blocks and the 40 ms default never.
+    * **Output block**: the granularity of the callback; smaller blocks let a small buffer hold more of them.
+    * **Input buffer and block**: neither adds delay at the codec rate (the 80 ms chunk is 8 or 16 whole
+      blocks, so it is complete when the block holding its last sample arrives); what a chunk waits beyond
+      its own 80 ms is the audio server's delivery (a few ms, set when the stream opens). The buffer is head
+      room for a late callback before input overflows.
+
+    The default is the robust one (a 40 ms output buffer); :data:`LOW_LATENCY_TIMING` (20 ms in 5 ms blocks,
+    ~30 ms less delay) is the tightest that did not underflow in those measurements.
+    """
+
+    input_block_ms: float = 10.0
+    input_latency: str | float = "low"
+    output_block_ms: float = 10.0
+    output_latency: str | float = "high"
+
+    def __post_init__(self) -> None:
+        for name in ("input_block_ms", "output_block_ms"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.5 <= v <= 100.0):
+                raise ValueError(f"{name} must be in [0.5, 100] ms, got {v!r}")
+        for name in ("input_latency", "output_latency"):
+            v = getattr(self, name)
+            if isinstance(v, str) and v in ("low", "high"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be 'low', 'high' or seconds in (0, 1], got {v!r}")
+
+    def source_options(self) -> dict[str, str | float]:
+        """Keyword arguments for :class:`MicSource`."""
+        return {"blocksize_ms": self.input_block_ms, "latency": self.input_latency}
+
+    def sink_options(self) -> dict[str, str | float]:
+        """Keyword arguments for :class:`SpeakerSink`."""
+        return {"blocksize_ms": self.output_block_ms, "latency": self.output_latency}
+
+
+#: The robust default: 10 ms blocks, PortAudio's "high" output buffer (~40 ms through ALSA pulse).
+ROBUST_TIMING = DeviceTiming()
+#: The low-latency preset's: a 20 ms output buffer in 5 ms blocks (~30 ms less delay than the default).
+LOW_LATENCY_TIMING = DeviceTiming(output_block_ms=5.0, output_latency=0.020)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Microphone
 # ---------------------------------------------------------------------------------------------------------
 
@@ -558,9 +624,16 @@ class SpeakerSink(_Closable):
     ``prebuffer_ms``: after start and after every underrun, stay silent until this much audio is buffered
     (0 = play as soon as anything is there). Chunks arrive 80 ms at a time, so a real jitter cushion needs
     ``prebuffer_ms`` > 80, e.g. 100-120. ``gain``: linear output volume, applied in ``write_chunk`` (a change
-    is heard after what is already buffered). ``latency="high"`` (~40 ms with ALSA pulse) by default: "low"
-    (~20 ms) underruns at 44.1/48 kHz through the pulse plugin. The constructor returns once ``settle_ms`` of
-    silence has been played (audio handed over right at stream start is occasionally lost).
+    is heard after what is already buffered). ``latency`` and ``blocksize_ms``: PortAudio's output buffer and
+    callback block (see :class:`DeviceTiming`): ``"high"`` (~40 ms with ALSA pulse, 10 ms blocks) by default,
+    the robust choice; every ms of it is delay. "low" in 10 ms blocks (20 ms) underruns at 44.1/48 kHz through
+    the pulse plugin and was seen to underflow at 24 kHz under load; 20 ms in 5 ms blocks
+    (:data:`LOW_LATENCY_TIMING`) did not. The constructor returns once ``settle_ms`` of silence has
+    been played (audio handed over right at stream start is occasionally lost).
+
+    :attr:`output_delay_ms` is what the stream itself says about its delay: from the DAC time PortAudio gives
+    each callback (for ALSA pulse: the PulseAudio stream's latency, the sink's own included), so it follows
+    the real buffer rather than the nominal ``stream_latency_ms``.
     """
 
     def __init__(self, device: int | str | None = None, samplerate: float | None = None, *,
@@ -588,6 +661,7 @@ class SpeakerSink(_Closable):
         self.trims = 0  # trims done by the callback (each dropped some queued audio)
         self.trimmed_frames = 0
         self.frames_out = 0  # frames handed to PortAudio (silence included)
+        self._dac_s = math.nan  # DAC time - callback time of the last callback's first frame (PortAudio's figure)
         self._wlock = threading.Lock()
         self._stream = None
         try:
@@ -612,6 +686,7 @@ class SpeakerSink(_Closable):
         if status.output_underflow:
             self._status_underflows += 1
         self.frames_out += frames
+        self._dac_s = time_info.outputBufferDacTime - time_info.currentTime
         rb = self._rb
         if self._clear_request:
             rb.clear()
@@ -695,8 +770,19 @@ class SpeakerSink(_Closable):
         return 1000.0 * float(self._stream.latency) if self._stream is not None else 0.0
 
     @property
+    def output_delay_ms(self) -> float:
+        """How long audio handed to PortAudio now takes to be played (ms): the last callback's DAC time less its
+        current time, as the host API reports it (for ALSA pulse it includes PulseAudio's buffer and the sink's
+        own latency); ``stream_latency_ms`` when the host API gives no usable DAC time. Add ``buffered_ms``
+        for audio written to this sink now."""
+        d = self._dac_s
+        if self._stream is None or not 0.0 < d < 2.0:  # NaN (no callback yet), 0 or garbage: not reported
+            return self.stream_latency_ms
+        return 1000.0 * d
+
+    @property
     def latency_ms(self) -> float:
-        return self.buffered_ms + self.stream_latency_ms
+        return self.buffered_ms + self.output_delay_ms
 
     @property
     def underruns(self) -> int:

@@ -17,9 +17,12 @@ import soxr
 
 from app.audio_io import (
     CHUNK,
+    LOW_LATENCY_TIMING,
+    ROBUST_TIMING,
     AudioDeviceError,
     AudioSink,
     AudioSource,
+    DeviceTiming,
     FileMicSource,
     FileSpeakerSink,
     NullSpeakerSink,
@@ -384,6 +387,64 @@ def test_speaker_sink_gain_and_record_speaker(pulse):  # noqa: F811
     assert len(y) == int(0.6 * pulse.spk_rate)
     peak = float(np.max(np.abs(y)))
     assert 0.24 < peak < 0.26  # 0.5 * gain 0.5
+
+
+def test_device_timing_options_and_checks():
+    assert ROBUST_TIMING == DeviceTiming()
+    assert ROBUST_TIMING.sink_options() == {"blocksize_ms": 10.0, "latency": "high"}
+    assert ROBUST_TIMING.source_options() == {"blocksize_ms": 10.0, "latency": "low"}
+    assert LOW_LATENCY_TIMING.sink_options() == {"blocksize_ms": 5.0, "latency": 0.020}
+    assert LOW_LATENCY_TIMING.source_options() == ROBUST_TIMING.source_options()
+    for bad in (dict(output_latency="lowest"), dict(output_latency=0.0), dict(output_latency=2.0),
+                dict(input_latency=True), dict(output_block_ms=0.1), dict(input_block_ms=200.0),
+                dict(output_latency=float("nan"))):
+        with pytest.raises(ValueError):
+            DeviceTiming(**bad)
+
+
+def _click_delay_ms(pulse, timing: DeviceTiming, clicks: int = 3) -> tuple[float, dict]:
+    """Write 80 ms chunks every 80 ms (as the playout tick does) into a SpeakerSink opened with ``timing``, a
+    click in some of them: the median delay from the write to the click at spk_b's monitor (its render time,
+    the same for both timings), and what the sink reports."""
+    from app.audio_io import SpeakerSink
+
+    rec = pulse.start_recording("spk_b.monitor", 24000, max_seconds=20)
+    rec.wait_for(0.2, timeout=10)
+    writes = []
+    with SpeakerSink("pulse", 24000, pulse_sink=pulse.speaker_sink("b"), **timing.sink_options()) as spk:
+        info = dict(blocksize=spk.blocksize, stream_ms=spk.stream_latency_ms)
+        spk.write_chunk(np.zeros(600, np.float32))  # a 25 ms cushion, as the session writes
+        nxt = time.monotonic()
+        for i in range(6 * clicks + 3):
+            time.sleep(max(0.0, nxt - time.monotonic()))
+            nxt += 0.08
+            x = np.zeros(1920, np.float32)
+            if i % 6 == 3:
+                x[500:740] = 0.5
+            t = time.monotonic()
+            spk.write_chunk(x)
+            if i % 6 == 3:
+                writes.append(t + 500 / 24000)
+        info["output_delay_ms"] = spk.output_delay_ms
+        time.sleep(0.3)
+    y = rec.stop()
+    t0 = rec.t0
+    hot = np.flatnonzero(np.abs(y) > 0.25)
+    onsets = [t0 + i / 24000 for k, i in enumerate(hot) if k == 0 or i - hot[k - 1] > 2400]
+    delays = [1000.0 * (min((o for o in onsets if o > t - 0.01), default=np.inf) - t) for t in writes]
+    return float(np.median(delays)), info
+
+
+def test_speaker_sink_honours_its_buffer_setting(pulse):  # noqa: F811
+    """The low-latency timing (a 20 ms output buffer in 5 ms blocks) is what the stream gets, what the stream
+    reports as its delay, and what is heard: ~25 ms sooner than the robust default (a 40 ms buffer)."""
+    robust_ms, robust = _click_delay_ms(pulse, ROBUST_TIMING)
+    low_ms, low = _click_delay_ms(pulse, LOW_LATENCY_TIMING)
+    assert (robust["blocksize"], low["blocksize"]) == (240, 120)  # 10 ms and 5 ms at 24 kHz
+    assert low["stream_ms"] <= 22.0 and robust["stream_ms"] >= 30.0, (low, robust)
+    assert 0.0 < low["output_delay_ms"] < robust["output_delay_ms"] - 10.0, (low, robust)
+    assert np.isfinite(low_ms) and np.isfinite(robust_ms), (low_ms, robust_ms)
+    assert low_ms < robust_ms - 12.0, (low_ms, robust_ms)  # measured: ~44 vs ~69 ms (the cushion included)
 
 
 def test_start_pulse_is_idempotent(pulse):  # noqa: F811
