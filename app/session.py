@@ -71,8 +71,13 @@ Decisions (documented here because the GUI and CLI depend on them):
   not recorded.
 * **Playout clock.** The playout worker ticks every 80 ms with its phase locked to the arrivals: while
   nothing plays it waits for the first AUDIO packet of a stream and ticks a few ms after it, and it locks
-  again on the first arrival after each pause of the peer (see :meth:`CallSession._playout_loop`).
-* **Output queue.** What a device sink holds ahead of each write is kept near the cushion (25 ms): a device
+  again on the first arrival after each pause of the peer; when ~2 s of chunks have all waited well beyond
+  that margin (the lock came from a late first arrival) the tick moves earlier (see
+  :meth:`CallSession._playout_loop`).
+* **Devices.** The session never opens audio devices; ``CallConfig.device_timing`` says how whoever does
+  should (PortAudio block and buffer; the low-latency preset's speaker buffer is 20 ms instead of ~40).
+* **Output queue.** What a device sink holds ahead of each write is kept near the cushion
+  (``CallConfig.output_cushion_ms``, 25 ms): a device
   that stalled or underran (or runs slower than our clock) leaves more queued, which would otherwise delay
   every later chunk for the rest of the call. The surplus is dropped where it is not heard: queued silence or
   comfort noise (``sink.trim``), a chunk the peer flagged silent, or after ~5 s without either, 40 ms cuts
@@ -107,7 +112,7 @@ from typing import Any
 
 import numpy as np
 
-from app.audio_io import AudioSink, AudioSource
+from app.audio_io import LOW_LATENCY_TIMING, ROBUST_TIMING, AudioSink, AudioSource, DeviceTiming
 from app.conceal import StreamDecoder
 from app.jitter import JitterBuffer, PlayoutKind
 from app.netsim import NetSim
@@ -186,8 +191,10 @@ TRANSMIT_MODES = ("continuous", "ptt", "vad")
 _VAD_HANGOVER_S = 0.3
 _LOCK_MARGIN_S = 0.01  # playout tick this long after the arrival it is locked to
 _GRACE_S = 0.02  # at a tick whose chunk is missing, wait this long for it (the sink cushion covers the wait)
-_CUSHION_S = 0.025  # silence queued in a device sink ahead of a stream's first chunk (absorbs tick lateness)
-# the output queue guard (_QueueGuard): keeps what is queued in a device sink near _CUSHION_S
+_RELOCK_WINDOW = 25  # played chunks (~2 s): all waited > _LOCK_MARGIN_S + _RELOCK_SLACK_S -> tick moves earlier
+_RELOCK_SLACK_S = 0.01
+_CUSHION_S = 0.025  # default CallConfig.output_cushion_ms: silence queued in a device sink ahead of a stream's
+# first chunk (absorbs tick lateness); the output queue guard (_QueueGuard) keeps what is queued near it
 _TRIM_WINDOW = 12  # writes (~1 s): the queue must stay over its target this long before it is trimmed
 _TRIM_SLACK_S = 0.01  # "over": the queue's minimum over the window exceeds the target by more than this
 _TRIM_FORCE_TICKS = 50  # (~4 s more) over target with no quiet audio to drop: cut speech (crossfaded)
@@ -281,6 +288,14 @@ class CallConfig:
     #: Voice activity threshold (dBFS, RMS of 20 ms frames): used by "vad" mode to gate, in every mode to
     #: flag silent packets (the peer's jitter buffer may then drop or stretch them).
     vad_threshold_dbfs: float = -45.0
+    #: How the audio devices are opened (PortAudio callback blocks and buffers, :class:`app.audio_io.DeviceTiming`).
+    #: The session never opens devices: whoever does (``focalchat call``, the GUI, scripts/bench_latency.py)
+    #: passes ``device_timing.source_options()`` / ``sink_options()`` to MicSource / SpeakerSink.
+    device_timing: DeviceTiming = ROBUST_TIMING
+    #: Silence queued in a device sink ahead of a stream's first chunk, and what the output queue guard then
+    #: keeps queued ahead of each write (ms): room for playout ticks that run late or wait (up to 20 ms) for a
+    #: late chunk. All of it is delay.
+    output_cushion_ms: float = _CUSHION_S * 1000.0
 
     @classmethod
     def low_bandwidth(cls, **overrides: Any) -> CallConfig:
@@ -298,9 +313,12 @@ class CallConfig:
 
     @classmethod
     def low_latency(cls, **overrides: Any) -> CallConfig:
-        """Lowest delay: one chunk per packet, a jitter buffer that starts one chunk deep, and one redundant
-        chunk per packet (a single lost packet costs nothing). Every field can be overridden."""
-        fields: dict[str, Any] = dict(chunks_per_packet=1, jitter_initial_depth=1, redundancy=1)
+        """Lowest delay: one chunk per packet, a jitter buffer that starts one chunk deep, one redundant
+        chunk per packet (a single lost packet costs nothing), and the devices opened with
+        :data:`app.audio_io.LOW_LATENCY_TIMING` (a 20 ms speaker buffer in 5 ms blocks instead of ~40 ms in
+        10 ms blocks). Every field can be overridden."""
+        fields: dict[str, Any] = dict(chunks_per_packet=1, jitter_initial_depth=1, redundancy=1,
+                                      device_timing=LOW_LATENCY_TIMING)
         fields.update(overrides)
         return cls(**fields)
 
@@ -332,6 +350,11 @@ class CallConfig:
             raise ValueError(f"transmit_mode must be one of {', '.join(TRANSMIT_MODES)}, got {self.transmit_mode!r}")
         _check_volume(self.output_volume, "output_volume")
         _check_threshold(self.vad_threshold_dbfs, "vad_threshold_dbfs")
+        if not isinstance(self.device_timing, DeviceTiming):
+            raise ValueError(f"device_timing must be an app.audio_io.DeviceTiming, got {self.device_timing!r:.60}")
+        if not 0.0 <= self.output_cushion_ms <= _TRIM_MAX_TARGET_S * 1000.0:  # also NaN
+            raise ValueError(f"output_cushion_ms must be in [0, {_TRIM_MAX_TARGET_S * 1000.0:g}], "
+                             f"got {self.output_cushion_ms!r}")
 
 
 def _check_threshold(dbfs: object, what: str) -> float:
@@ -444,10 +467,13 @@ class LatencyBreakdown:
     Our own capture and encode figures stand in for the peer's (the same app on a similar machine).
 
     * ``chunk_ms``: the chunk itself (80 ms: its first sample waits for its last).
-    * ``capture_ms``: capture buffering: half a device callback block (a chunk ends inside a block and is
-      handed over with it) plus the audio already waiting behind the chunk when the encoder took it
-      (median); 0 for file sources. The device's own input latency is not known reliably (PortAudio's
-      figure for ALSA ``pulse`` is 4x the measured one) and is left out.
+    * ``capture_ms``: from the chunk's last sample entering the microphone to the encoder: one device callback
+      block (the audio server hands a source's audio over a period at a time, and PulseAudio's source runs at
+      the smallest period asked of it: ours) plus the audio already waiting behind the chunk when the encoder
+      took it (median); 0 for file sources. Measured through the virtual mic of scripts/start_pulse.sh at
+      10 ms blocks: 6-12 ms, ~5 of them the virtual mic's own; the rest depends on the phase between the
+      server's periods and ours, fixed when the stream opens. PortAudio's input latency figure (the whole
+      buffer: 20 ms for "low" through ALSA ``pulse``) is not used.
     * ``encode_ms``: our encode p50.
     * ``packetization_ms``: ``(peer's chunks per packet - 1) x 80 ms`` (from its HELLO).
     * ``network_ms``: RTT / 2 (0 until the first RTT sample).
@@ -456,10 +482,11 @@ class LatencyBreakdown:
       saw-tooth is already in ``packetization_ms``); before any chunk played, ``(L - 0.5) x 80`` ms from the
       low-water mark L of the depth.
     * ``decode_ms``: our decode p50.
-    * ``device_ms``: output: the audio queued in the sink ahead of a chunk when it is written (median over
-      ~2 s; what its first sample waits) plus half a callback block plus the output stream's reported
-      latency (``stream_latency_ms``);
-      sinks without those report their ``latency_ms`` / ``buffered_ms``.
+    * ``device_ms``: output: the audio queued in the sink ahead of a chunk when it is written plus the
+      stream's own delay at that moment (``SpeakerSink.output_delay_ms``: PortAudio's DAC time, which for
+      ALSA pulse includes PulseAudio's buffer and the sink's latency), median over ~2 s: when the chunk's
+      first sample is played. Sinks without ``output_delay_ms``: the queue plus half a callback block plus the
+      nominal ``stream_latency_ms``; sinks without those report their ``latency_ms`` / ``buffered_ms``.
     """
 
     chunk_ms: float
@@ -546,6 +573,7 @@ class CallStats:
     output_trims: int = 0  # times queued or written audio was dropped to bring the device queue back
     output_trimmed_ms: float = 0.0  # how much, in all
     output_target_ms: float = 0.0  # what a device sink should hold ahead of each write (0: not a device sink)
+    playout_relocks: int = 0  # times the playout tick moved earlier to the arrivals (a late first arrival)
 
     @property
     def mouth_to_ear_ms(self) -> float:
@@ -815,6 +843,7 @@ class CallSession:
         window = int(round(_RATE_WINDOW_S / self.chunk_s))
         self._waits: deque[float] = deque(maxlen=window)  # jitter-buffer waits of played chunks (s)
         self._ahead: deque[float] = deque(maxlen=window)  # ms queued in the sink before each write
+        self._outq: deque[float] = deque(maxlen=window)  # ... plus the stream's own delay then (ms)
         self._backlog: deque[float] = deque(maxlen=window)  # ms waiting in the source behind each chunk read
         # user controls (any thread; read by the workers once per chunk)
         self._muted = False
@@ -835,6 +864,7 @@ class CallSession:
         self._settle = False
         self._trims = 0
         self._trimmed_ms = 0.0
+        self._relocks = 0
         self._arrival_t = 0.0
         self._rate_samples: deque[tuple[float, tuple[float, ...]]] = deque(maxlen=64)
 
@@ -1675,14 +1705,22 @@ class CallSession:
         puts its next tick ``_LOCK_MARGIN_S`` after that arrival, so a chunk that arrives waits a few ms
         for its tick instead of up to a whole period (on average half of one). Nothing has been written to
         the sink then, so the output device starts right behind the chunk: a device sink first gets
-        ``_CUSHION_S`` of silence, so that a tick that waits up to ``_GRACE_S`` for a chunk a few ms late
+        ``output_cushion_ms`` of silence, so that a tick that waits up to ``_GRACE_S`` for a chunk a few ms late
         (instead of concealing, or holding the timeline by a whole chunk) does not starve the device.
 
         The lock is released when the peer pauses (the buffer ran dry after a silent chunk: DTX, or a delay
         spike in silence): the ticks go on at the old phase, playing comfort noise, and the first arrival of
         the next talkspurt locks them again. That tick comes less than a period after the last one, so the
         comfort noise still queued in the sink beyond the cushion is dropped right then (``sink.trim``).
-        Otherwise a device sink's queue is watched by a :class:`_QueueGuard` (see there and :meth:`_write`)."""
+        Otherwise a device sink's queue is watched by a :class:`_QueueGuard` (see there and :meth:`_write`).
+
+        A lock taken on a late first arrival (the first encode, a scheduling delay on a loaded machine) would
+        make every later chunk wait that much longer for the rest of a talkspurt (40+ ms seen). So once
+        ``_RELOCK_WINDOW`` chunks in a row (~2 s) have all waited more than ``_LOCK_MARGIN_S + _RELOCK_SLACK_S``
+        for their tick beyond whole chunk periods (those are the jitter buffer's depth, which it manages
+        itself), the tick moves earlier by the least of those excesses less the margin (counted in
+        ``CallStats.playout_relocks``); the next write then comes early, and what that adds to the sink's
+        queue is dropped as after a re-lock (quiet audio at once, else by the queue guard)."""
         import torch
 
         stop = self._stop_event
@@ -1695,10 +1733,12 @@ class CallSession:
         # a device sink (it reports its stream latency) gets a short cushion of silence before a stream's first
         # chunk, so that a tick a few ms late (or waiting _GRACE_S for its chunk) does not starve the device
         device = isinstance(getattr(self.sink, "stream_latency_ms", None), (int, float))
-        n_cushion = int(round(_CUSHION_S * self.model.sample_rate_output)) if device else 0
+        cushion_s = self.config.output_cushion_ms / 1000.0
+        n_cushion = int(round(cushion_s * self.model.sample_rate_output)) if device else 0
         cushion_block = np.zeros(n_cushion, np.float32) if n_cushion else None
         cushion = cushion_block
-        self._guard = _QueueGuard(_CUSHION_S * 1000.0) if device else None
+        self._guard = _QueueGuard(self.config.output_cushion_ms) if device else None
+        early: deque[float] = deque(maxlen=_RELOCK_WINDOW)  # wait phases of the chunks played since the tick moved
         next_tick = time.monotonic() + period
         with torch.inference_mode():
             while not stop.is_set():
@@ -1708,6 +1748,7 @@ class CallSession:
                     self._arrived.clear()
                     next_tick = max(time.monotonic(), arrival + _LOCK_MARGIN_S)
                     locked = True
+                    early.clear()
                     self._settle = started  # re-locked after a pause: drop the comfort noise queued beyond the cushion
                 wait = next_tick - time.monotonic()
                 if wait > 0 and stop.wait(wait):
@@ -1740,6 +1781,7 @@ class CallSession:
                 if not locked and kind is not PlayoutKind.NOT_STARTED and kind is not PlayoutKind.EMPTY:
                     locked = True
                     self._arrived.clear()
+                    early.clear()
                 if cushion is not None and kind is not PlayoutKind.NOT_STARTED:
                     self.sink.write_chunk(cushion)  # the stream's first write: a device sink starts behind it
                     self._quiet_ms += 1000.0 * cushion.size / self.model.sample_rate_output
@@ -1773,8 +1815,17 @@ class CallSession:
                     hold = 0
                     quiet = item.silence
                     if item.arrival_s is not None and item.position is not None:
+                        waited = now - item.arrival_s - item.position * period
                         with self._lock:
-                            self._waits.append(now - item.arrival_s - item.position * period)
+                            self._waits.append(waited)
+                        early.append(waited % period)  # the phase: whole chunks waited are the buffer's depth
+                        lead = min(early) - _LOCK_MARGIN_S
+                        if locked and len(early) == early.maxlen and lead > _RELOCK_SLACK_S:
+                            next_tick -= lead  # every chunk of the window waited: tick earlier
+                            early.clear()
+                            self._settle = True  # the early write's surplus in the sink is dropped
+                            with self._lock:
+                                self._relocks += 1
                     self._record_chunk(RECEIVED, int(item.index), np.asarray(item.tokens))
                 elif kind is PlayoutKind.LOSS:
                     y = self._decoder.decode(None)
@@ -1807,6 +1858,7 @@ class CallSession:
             y = y * np.float32(vol)
         y = self._limiter(y)
         ahead = getattr(self.sink, "buffered_ms", None)
+        delay = getattr(self.sink, "output_delay_ms", None)
         level = rms_dbfs(y)
         if self._guard is not None and isinstance(ahead, (int, float)):
             y = self._keep_queue(self._guard, float(ahead), y, quiet)
@@ -1816,6 +1868,8 @@ class CallSession:
                 self._comfort += 1
             if isinstance(ahead, (int, float)):
                 self._ahead.append(float(ahead))
+                if isinstance(delay, (int, float)):
+                    self._outq.append(float(ahead) + float(delay))
         self.sink.write_chunk(y)
         chunk_ms = 1000.0 * y.size / self.model.sample_rate_output
         self._quiet_ms = self._quiet_ms + chunk_ms if quiet else 0.0
@@ -1922,10 +1976,12 @@ class CallSession:
             counts = (self._audio_packets_sent, self._audio_packets_received, self._chunks_sent)
             wait_ms = _p50(self._waits) * 1000.0 if self._waits else None
             ahead_ms = _p50(self._ahead) if self._ahead else None
+            outq_ms = _p50(self._outq) if self._outq else None
             backlog_ms = _p50(self._backlog)
             levels = (self._in_level, self._out_level, self._vad_active, self._transmitting)
             comfort, pause_concealed = self._comfort, self._pause_concealed
             trims, trimmed_ms = self._trims, self._trimmed_ms
+            relocks = self._relocks
         guard = self._guard
         with self._netsim_lock:
             netsim_lost = self._audio_sim.stats.lost if self._audio_sim is not None else 0
@@ -1933,7 +1989,9 @@ class CallSession:
         cpp_peer = peer.chunks_per_packet if peer is not None else self.config.chunks_per_packet
         chunk_ms = self.chunk_s * 1000.0
         stream_ms = getattr(self.sink, "stream_latency_ms", None)
-        if ahead_ms is not None and isinstance(stream_ms, (int, float)):
+        if outq_ms is not None:  # the sink says how long its stream delays audio (PortAudio's DAC times)
+            device_ms = outq_ms
+        elif ahead_ms is not None and isinstance(stream_ms, (int, float)):
             device_ms = ahead_ms + float(stream_ms)
             sblock, srate = getattr(self.sink, "blocksize", None), getattr(self.sink, "device_rate", None)
             if isinstance(sblock, (int, float)) and isinstance(srate, (int, float)) and srate > 0:
@@ -1943,7 +2001,7 @@ class CallSession:
         capture_ms = 0.0
         block, dev_rate = getattr(self.source, "blocksize", None), getattr(self.source, "device_rate", None)
         if isinstance(block, (int, float)) and isinstance(dev_rate, (int, float)) and dev_rate > 0:
-            capture_ms = 500.0 * block / dev_rate + backlog_ms
+            capture_ms = 1000.0 * block / dev_rate + backlog_ms
         jitter_ms = max(0.0, wait_ms) if wait_ms is not None else max(0.0, low_water - 0.5) * chunk_ms
         lat = LatencyBreakdown(chunk_ms=chunk_ms, encode_ms=enc, packetization_ms=(cpp_peer - 1) * chunk_ms,
                                network_ms=(srtt or 0.0) / 2.0, jitter_ms=jitter_ms, decode_ms=dec,
@@ -2005,6 +2063,7 @@ class CallSession:
             output_trims=trims,
             output_trimmed_ms=trimmed_ms,
             output_target_ms=guard.target_ms if guard is not None else 0.0,
+            playout_relocks=relocks,
         )
 
     def stats_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from app import session as session_mod
 from app.session import _CUSHION_S, _TRIM_MAX_CUT_S, _TRIM_SLACK_S, _TRIM_WINDOW, _QueueGuard, _shorten
 from tests.test_session import Pair, model, pairs, wait_until  # noqa: F401
 
@@ -160,7 +161,10 @@ def test_shorten_cuts_with_a_crossfade():
 # a stalled device in a call
 # ---------------------------------------------------------------------------------------------------------------
 def _stalled_call(tmp_path: Path, model, pairs, sink: StalledDevice, source: np.ndarray, stall_ms: float,  # noqa: F811
-                  timeout: float) -> tuple:
+                  timeout: float, monkeypatch) -> tuple:
+    # the playout tick stays where it locked (a move to the arrivals drops the surplus of the early write at
+    # once, and would drop the stall's with it: test_playout_tick_moves_to_the_earliest_arrivals)
+    monkeypatch.setattr(session_mod, "_RELOCK_SLACK_S", math.inf)
     x = wav(tmp_path, "a.wav", source)
     p = Pair(tmp_path, model, input_a=x, input_b=wav(tmp_path, "b.wav", np.zeros(16000, np.float32)),
              sink_b=sink, loop_a=True)
@@ -187,17 +191,18 @@ def _stalled_call(tmp_path: Path, model, pairs, sink: StalledDevice, source: np.
     return p, n_before, st
 
 
-def test_stalled_device_queue_is_trimmed_in_silence(tmp_path, model, pairs):  # noqa: F811
+def test_stalled_device_queue_is_trimmed_in_silence(tmp_path, model, pairs, monkeypatch):  # noqa: F811
     """A's mic is silent: B plays chunks flagged SILENCE, and the surplus queued after the stall is dropped
     from what the sink holds (``sink.trim``) with no chunk cut short."""
     sink = StalledDevice()
-    _, n_before, _ = _stalled_call(tmp_path, model, pairs, sink, np.zeros(16000, np.float32), 150.0, 10.0)
+    _, n_before, _ = _stalled_call(tmp_path, model, pairs, sink, np.zeros(16000, np.float32), 150.0, 10.0,
+                                   monkeypatch)
     assert sink.trims >= 1
     assert set(sink.sizes[1:]) == {PERIOD}, sorted(set(sink.sizes))  # after the cushion: whole chunks only
 
 
 @pytest.mark.parametrize("can_trim", [False, True], ids=["no-sink-trim-quiet-chunks-cut", "speech-cut"])
-def test_stalled_device_queue_is_trimmed(tmp_path, model, pairs, can_trim):  # noqa: F811
+def test_stalled_device_queue_is_trimmed(tmp_path, model, pairs, can_trim, monkeypatch):  # noqa: F811
     """No ``sink.trim`` (a sink that cannot drop what it holds): quiet chunks are written short instead.
     Speech that never pauses: the sink's queue is never all quiet, so after ~5 s over target the surplus is cut
     out of speech chunks, 40 ms at most each, crossfaded."""
@@ -209,13 +214,73 @@ def test_stalled_device_queue_is_trimmed(tmp_path, model, pairs, can_trim):  # n
     else:
         source, stall, timeout = np.zeros(16000, np.float32), 150.0, 10.0
     sink = StalledDevice(can_trim=can_trim)
-    _, n_before, st = _stalled_call(tmp_path, model, pairs, sink, source, stall, timeout)
+    _, n_before, st = _stalled_call(tmp_path, model, pairs, sink, source, stall, timeout, monkeypatch)
     cut = [n for n in sink.sizes[n_before:] if n != PERIOD]
     assert sink.trims == 0 and cut, sink.sizes[n_before:]
     if can_trim:  # speech: several cuts, none longer than the cap
         assert len(cut) >= math.ceil(stall / (_TRIM_MAX_CUT_S * 1000.0)) and st.output_trims == len(cut)
         assert min(cut) >= PERIOD - int(_TRIM_MAX_CUT_S * SR_OUT), cut
     assert sum(PERIOD - n for n in cut) == pytest.approx(stall * SR_OUT / 1000.0, abs=_TRIM_SLACK_S * SR_OUT)
+
+
+class DelayedDevice(StalledDevice):
+    """A StalledDevice whose stream reports its own delay, as SpeakerSink.output_delay_ms does."""
+
+    output_delay_ms = 12.0
+
+
+def test_output_cushion_from_config_and_device_delay_in_the_estimate(tmp_path, model, pairs):  # noqa: F811
+    """``CallConfig.output_cushion_ms`` is the silence written ahead of the first chunk and the queue guard's
+    target; the latency estimate's device term is what is queued ahead of a write plus the stream's own
+    delay (``output_delay_ms``), not the nominal stream latency."""
+    sink = DelayedDevice()
+    x = wav(tmp_path, "a.wav", np.zeros(16000, np.float32))
+    p = Pair(tmp_path, model, input_a=x, input_b=wav(tmp_path, "b.wav", np.zeros(16000, np.float32)),
+             sink_b=sink, loop_a=True, cfg_b=dict(output_cushion_ms=10.0))
+    pairs.append(p)
+    p.connect()
+    p.wait_call_up()
+    assert wait_until(lambda: sink.writes >= 6, 10.0), p.b.stats().line()
+    assert sink.sizes[0] == 240  # 10 ms at 24 kHz
+    assert max(sink.before[2:]) <= 10.0 + 1e-6, sink.before
+    st = p.b.stats()
+    assert st.output_target_ms == pytest.approx(10.0)
+    queued = float(np.median(sink.before[1:]))
+    assert st.latency.device_ms == pytest.approx(queued + DelayedDevice.output_delay_ms, abs=1.0), st.latency
+    assert st.latency.device_ms < 10.0 + DelayedDevice.stream_latency_ms  # the nominal 40 ms is not used
+
+
+def test_playout_tick_moves_to_the_earliest_arrivals(tmp_path, model, pairs):  # noqa: F811
+    """The playout tick locks to the first arrival of a stream. When that one came late (here: held back 60 ms
+    on the way; on a loaded machine the first encode, a scheduling delay), every later chunk would wait that
+    much longer in the jitter buffer for the rest of the call; once a whole window of chunks has waited
+    longer than the lock margin plus slack, the tick moves earlier by the excess."""
+    from app.packet import is_audio, parse_packet
+
+    sink = StalledDevice()
+    rng = np.random.default_rng(0)  # voiced noise: no chunk is flagged silent (those may be dropped or stretched)
+    env = np.repeat(np.tile(np.float32([0.3, 0.01]), 25), 320)
+    x = wav(tmp_path, "a.wav", (env * rng.standard_normal(16000)).astype(np.float32))
+    p = Pair(tmp_path, model, input_a=x, input_b=wav(tmp_path, "b.wav", np.zeros(16000, np.float32)),
+             sink_b=sink, loop_a=True, cfg=dict(jitter_initial_depth=1))
+    pairs.append(p)
+    send, held = p.a._send_via, []
+
+    def hold_first_audio(sim, data):
+        if not held and is_audio(parse_packet(data)):
+            held.append(threading.Timer(0.06, send, (sim, data)))
+            held[0].start()
+            return
+        send(sim, data)
+
+    p.a._send_via = hold_first_audio
+    p.connect()
+    p.wait_call_up()
+    assert wait_until(lambda: p.b.stats().playout_relocks >= 1, 15.0), (p.b.stats().line(), list(p.b._waits))
+    n = sink.writes
+    assert wait_until(lambda: sink.writes >= n + 30, 10.0)  # a full stats window after the move
+    st = p.b.stats()
+    assert st.latency.jitter_ms < 30.0, (st.latency, st.line())  # was ~70 ms (60 held back + the 10 ms margin)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -73,6 +73,63 @@ def test_config_fields_are_validated():
     assert CallConfig.low_latency(transmit_mode="ptt").transmit_mode == "ptt"
 
 
+def test_presets_choose_the_device_timing_and_cushion():
+    from app.audio_io import LOW_LATENCY_TIMING, ROBUST_TIMING, DeviceTiming
+
+    assert CallConfig().device_timing == ROBUST_TIMING and CallConfig().output_cushion_ms == 25.0
+    assert CallConfig.low_bandwidth().device_timing == ROBUST_TIMING
+    ll = CallConfig.low_latency()
+    assert ll.device_timing == LOW_LATENCY_TIMING
+    assert ll.device_timing.sink_options()["latency"] <= 0.02  # seconds: a short speaker buffer
+    mine = DeviceTiming(output_latency=0.02, output_block_ms=5.0)
+    assert CallConfig.low_latency(device_timing=mine).device_timing is mine
+    for bad in (dict(device_timing="low"), dict(output_cushion_ms=-1.0), dict(output_cushion_ms=math.nan),
+                dict(output_cushion_ms=500.0)):
+        with pytest.raises(ValueError):
+            CallConfig(**bad)
+
+
+def test_cli_call_opens_the_devices_as_the_preset_says(monkeypatch, capsys):
+    """``focalchat call --preset low-latency`` opens the microphone and the speakers with the preset's
+    DeviceTiming (the session never opens devices itself)."""
+    import argparse
+
+    from app import audio_io
+    from app.audio_io import LOW_LATENCY_TIMING, ROBUST_TIMING, AudioDeviceError
+    from app.cli import main
+    from app.commands import call
+
+    opened: list[tuple[str, dict]] = []
+
+    class Fake:
+        def __init__(self, kind, *args, **kwargs):
+            opened.append((kind, kwargs))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(audio_io, "MicSource", lambda *a, **k: Fake("mic", *a, **k))
+    monkeypatch.setattr(audio_io, "SpeakerSink", lambda *a, **k: Fake("spk", *a, **k))
+    args = argparse.Namespace(input=None, output=None, mic=None, speaker=None, pulse_source="vmic_a",
+                              pulse_sink="spk_a")
+    call._open_audio(args, LOW_LATENCY_TIMING)
+    assert opened == [("mic", dict(pulse_source="vmic_a", **LOW_LATENCY_TIMING.source_options())),
+                      ("spk", dict(pulse_sink="spk_a", prebuffer_ms=0.0, **LOW_LATENCY_TIMING.sink_options()))]
+
+    seen = []
+
+    def refuse(args, timing=None):
+        seen.append(timing)
+        raise AudioDeviceError("no devices here")
+
+    monkeypatch.setattr(call, "_open_audio", refuse)
+    for preset, timing in (("low-latency", LOW_LATENCY_TIMING), ("default", ROBUST_TIMING),
+                           ("low-bandwidth", ROBUST_TIMING)):
+        assert main(["call", "host", "127.0.0.1:0", "--local", "--model", "untrained", "--preset", preset]) == 2
+        assert seen[-1] == timing, preset
+        assert "no devices here" in capsys.readouterr().err
+
+
 def test_setters_check_their_arguments(tmp_path, model, pairs):  # noqa: F811
     x = wav(tmp_path, "s.wav", speech(1.0))
     p = Pair(tmp_path, model, input_a=x, input_b=x)

@@ -71,7 +71,8 @@ def register(sub) -> None:
     audio.add_argument("--pulse-sink", help="PulseAudio sink for the speakers")
     pk = p.add_argument_group("packets and network")
     pk.add_argument("--preset", default="default", choices=("default", "low-latency", "low-bandwidth"),
-                    help="low-latency: 1 chunk/packet, 1-chunk jitter buffer, 1 redundant chunk; "
+                    help="low-latency: 1 chunk/packet, 1-chunk jitter buffer, 1 redundant chunk, a short speaker "
+                         "buffer; "
                          "low-bandwidth: 6 chunks (480 ms) per compact packet, bundled acks, <= 3 kbps on the wire")
     pk.add_argument("--chunks-per-packet", type=int, default=None, choices=range(1, 9), metavar="{1..8}",
                     help="80 ms chunks per packet: more = less wire overhead, more latency "
@@ -189,22 +190,33 @@ def _read_code(prompt: str, expect: str, timeout: float) -> str:
     return text
 
 
-def _open_audio(args: argparse.Namespace):
-    from app.audio_io import FileMicSource, FileSpeakerSink, MicSource, NullSpeakerSink, SpeakerSink
+def _open_audio(args: argparse.Namespace, timing=None):
+    """Source and sink for the call; devices are opened with ``timing`` (the preset's
+    ``CallConfig.device_timing``; None: the default)."""
+    from app.audio_io import (
+        ROBUST_TIMING,
+        FileMicSource,
+        FileSpeakerSink,
+        MicSource,
+        NullSpeakerSink,
+        SpeakerSink,
+    )
 
+    timing = timing or ROBUST_TIMING
     source = sink = None
     try:
         if args.input:
             source = FileMicSource(args.input, realtime=False)  # paced by the session from call start
         else:
-            source = _at_codec_rate(lambda sr: MicSource(args.mic, sr, pulse_source=args.pulse_source), 16000)
+            source = _at_codec_rate(lambda sr: MicSource(args.mic, sr, pulse_source=args.pulse_source,
+                                                         **timing.source_options()), 16000)
         if args.output and args.output.lower() == "none":
             sink = NullSpeakerSink()
         elif args.output:
             sink = FileSpeakerSink(args.output)
         else:
             sink = _at_codec_rate(lambda sr: SpeakerSink(args.speaker, sr, pulse_sink=args.pulse_sink,
-                                                          prebuffer_ms=0.0), 24000)
+                                                          prebuffer_ms=0.0, **timing.sink_options()), 24000)
     except Exception:
         if source is not None:
             source.close()
@@ -280,8 +292,10 @@ def run(args: argparse.Namespace) -> int:
     except (CheckpointError, OSError, ValueError) as exc:
         _err(str(exc))
         return EXIT_USAGE
+    make = {"default": CallConfig, "low-latency": CallConfig.low_latency,
+            "low-bandwidth": CallConfig.low_bandwidth}[args.preset]
     try:
-        source, sink = _open_audio(args)
+        source, sink = _open_audio(args, make().device_timing)  # the devices as the preset wants them
     except AudioDeviceError as exc:
         _err(f"{exc} (use --input/--output to call with files)")
         return EXIT_USAGE
@@ -291,8 +305,6 @@ def run(args: argparse.Namespace) -> int:
         netsim = NetSimSettings(loss=args.loss / 100.0, burst=args.burst, jitter_ms=args.jitter_ms,
                                 delay_ms=args.delay_ms, seed=args.seed)
     try:
-        make = {"default": CallConfig, "low-latency": CallConfig.low_latency,
-                "low-bandwidth": CallConfig.low_bandwidth}[args.preset]
         chosen = {k: v for k, v in (("chunks_per_packet", args.chunks_per_packet),
                                     ("redundancy", args.redundancy)) if v is not None}
         config = make(connect_timeout_s=args.connect_timeout, ice_servers=tuple(args.ice),

@@ -176,10 +176,12 @@ AudioFactory = Callable[[Settings], tuple[Any, Any]]
 
 
 def open_devices(settings: Settings) -> tuple[Any, Any]:
-    """The default audio factory: the devices chosen in the settings (raises AudioDeviceError)."""
-    source = devices.open_source(settings.input_device)
+    """The default audio factory: the devices chosen in the settings, opened as the call preset wants them
+    (``CallConfig.device_timing``; raises AudioDeviceError)."""
+    timing = getattr(call_config(settings, None), "device_timing", None)
+    source = devices.open_source(settings.input_device, timing=timing)
     try:
-        sink = devices.open_sink(settings.output_device, gain=1.0)
+        sink = devices.open_sink(settings.output_device, gain=1.0, timing=timing)
     except BaseException:
         source.close()
         raise

@@ -103,20 +103,23 @@ def _at_rate(open_device, rate: int):
         return open_device(None)
 
 
-def open_source(key: str):
-    """A :class:`app.audio_io.MicSource` for a device key (at 16 kHz when the device accepts it);
+def open_source(key: str, timing=None):
+    """A :class:`app.audio_io.MicSource` for a device key (at 16 kHz when the device accepts it), opened with
+    ``timing`` (an :class:`app.audio_io.DeviceTiming`, e.g. the call preset's; None: the default);
     ``"file:PATH"`` sends a sound file instead (paced by the call's 80 ms clock)."""
     from app.audio_io import FileMicSource, MicSource
 
     if key.startswith("file:"):
         return FileMicSource(key[len("file:"):], realtime=False)
     device, pulse = _split(key)
-    return _at_rate(lambda sr: MicSource(device, sr, pulse_source=pulse), CODEC_IN_RATE)
+    opts = timing.source_options() if timing is not None else {}
+    return _at_rate(lambda sr: MicSource(device, sr, pulse_source=pulse, **opts), CODEC_IN_RATE)
 
 
-def open_sink(key: str, gain: float = 1.0, input_rate: int = CODEC_OUT_RATE):
-    """A :class:`app.audio_io.SpeakerSink` for a device key (at the input rate when the device accepts it);
-    ``"file:PATH"`` writes a WAV instead, ``"null"`` discards the audio."""
+def open_sink(key: str, gain: float = 1.0, input_rate: int = CODEC_OUT_RATE, timing=None):
+    """A :class:`app.audio_io.SpeakerSink` for a device key (at the input rate when the device accepts it),
+    opened with ``timing`` (as :func:`open_source`); ``"file:PATH"`` writes a WAV instead, ``"null"``
+    discards the audio."""
     from app.audio_io import FileSpeakerSink, NullSpeakerSink, SpeakerSink
 
     if key.startswith("file:"):
@@ -124,8 +127,9 @@ def open_sink(key: str, gain: float = 1.0, input_rate: int = CODEC_OUT_RATE):
     if key == "null":
         return NullSpeakerSink(input_rate=input_rate, gain=gain)
     device, pulse = _split(key)
+    opts = timing.sink_options() if timing is not None else {}
     return _at_rate(lambda sr: SpeakerSink(device, sr, pulse_sink=pulse, input_rate=input_rate, gain=gain,
-                                           prebuffer_ms=0.0), input_rate)
+                                           prebuffer_ms=0.0, **opts), input_rate)
 
 
 def record(key: str, seconds: float, stop=None) -> np.ndarray:
