@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_latency.py [--device-rates] [--runs 3] [--clicks 12] [--settle 4]
         [--settings low-latency,default,4-per-packet,low-bandwidth] [--json FILE]
+        [--output-latency S --output-block-ms MS --input-latency S --input-block-ms MS --cushion-ms MS]
 
 Takes ~5 min with the defaults (12 calls of ~25 s). Prints two markdown tables: the measured figures (p50/p90
 over all clicks of all runs) and, next to them, the latency breakdown that the receiving side's
@@ -14,8 +15,11 @@ peers a and b: ``micfeed_P`` (null sink) -> ``vmic_P`` (virtual mic), ``spk_P`` 
 candidates only, no ICE servers). A: ``MicSource(pulse_source="vmic_a")`` -> encoder -> packets -> aiortc data
 channel -> B: jitter buffer -> decoder -> ``SpeakerSink(pulse_sink="spk_b")`` (and the other direction the same
 way on vmic_b/spk_a: a full-duplex call). The devices are opened as ``focalchat call`` opens them: at the
-codec's rates (16 kHz in, 24 kHz out: no resampling anywhere); ``--device-rates`` opens them at the device's
-default rate instead (44.1 kHz for ALSA ``pulse``: resampled in the app and in PulseAudio). Settings: the
+codec's rates (16 kHz in, 24 kHz out: no resampling anywhere), with the setting's ``CallConfig.device_timing``
+(PortAudio blocks and buffers: the low-latency preset's speaker buffer is 20 ms, the others' ~40 ms);
+``--device-rates`` opens them at the device's default rate instead (44.1 kHz for ALSA ``pulse``: resampled in
+the app, ~22-31 ms held back by each streaming soxr resampler, and in PulseAudio). The experiment flags
+(``--output-latency`` ...) override what the presets choose, to find out what a machine can take. Settings: the
 ``CallConfig`` factories that ``focalchat call --preset`` uses (``low-latency`` -> ``CallConfig.low_latency()``,
 ``low-bandwidth`` -> ``CallConfig.low_bandwidth()``, ``default`` -> ``CallConfig()``).
 
@@ -471,7 +475,10 @@ def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: fl
     for i in energy_onsets(x, MIC_RATE):
         t_mic = t0_in + i / MIC_RATE - cal_ms / 1000.0
         ev_in = first_after(src_tap.events, t_mic - 0.01, 0.5)
-        ev_out = first_after(sink_tap.events, ev_in[0], 1.5) if ev_in else None
+        # the change it makes at the sink comes before the next click reaches the encoder (else it is that one's)
+        later = [ev[0] for ev in src_tap.events if ev_in is not None and ev[0] > ev_in[0]]
+        within = min(1.5, later[0] - ev_in[0]) if later else 1.5
+        ev_out = first_after(sink_tap.events, ev_in[0], within) if ev_in else None
         if ev_in is None or ev_out is None:
             dropped.append(f"click not seen by the {'source' if ev_in is None else 'sink'} tap")
             continue
@@ -493,16 +500,21 @@ def measure(pa: PrivatePulse, wav: Path, wav_s: float, start_audio, settle_s: fl
                     dropouts, min(aheads) if aheads else None)
 
 
-def open_devices(native: bool):
-    from app.audio_io import MicSource, SpeakerSink
+def open_devices(native: bool, timing=None):
+    """mic_a, spk_b, mic_b, spk_a, opened as ``focalchat call`` opens them for a preset whose
+    ``CallConfig.device_timing`` is ``timing`` (None: the default)."""
+    from app.audio_io import ROBUST_TIMING, MicSource, SpeakerSink
 
+    timing = timing or ROBUST_TIMING
     opened = []
     try:
         for kind, name in (("mic", "vmic_a"), ("spk", "spk_b"), ("mic", "vmic_b"), ("spk", "spk_a")):
             if kind == "mic":
-                opened.append(MicSource(None, MIC_RATE if native else None, pulse_source=name))
+                opened.append(MicSource(None, MIC_RATE if native else None, pulse_source=name,
+                                        **timing.source_options()))
             else:  # as focalchat call opens it
-                opened.append(SpeakerSink(None, SPK_RATE if native else None, pulse_sink=name, prebuffer_ms=0.0))
+                opened.append(SpeakerSink(None, SPK_RATE if native else None, pulse_sink=name, prebuffer_ms=0.0,
+                                          **timing.sink_options()))
     except BaseException:
         for d in opened:
             d.close()
@@ -510,19 +522,33 @@ def open_devices(native: bool):
     return opened
 
 
+def setting_config(setting: str, tweaks: dict | None = None, **fields):
+    """The CallConfig of a setting, with ``tweaks`` (``device_timing``: a dict of DeviceTiming fields replacing
+    the preset's; ``output_cushion_ms``) applied."""
+    _, make, fallback = SETTINGS[setting]
+    extra: dict = {}
+    tweaks = tweaks or {}
+    if tweaks.get("device_timing"):
+        extra["device_timing"] = dataclasses.replace(make(fallback).device_timing, **tweaks["device_timing"])
+    if tweaks.get("output_cushion_ms") is not None:
+        extra["output_cushion_ms"] = tweaks["output_cushion_ms"]
+    return make(fallback, **extra, **fields)
+
+
 def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, native: bool, cal_ms: float,
-             settle_s: float) -> Run:
+             settle_s: float, tweaks: dict | None = None) -> Run:
     from app.session import CallSession
 
     holder: dict = {}
 
     def start():
-        mic_a, spk_b, mic_b, spk_a = open_devices(native)
+        cfg_a = setting_config(setting, tweaks, name="A", nickname="a", local_only=True)
+        cfg_b = setting_config(setting, tweaks, name="B", nickname="b", local_only=True)
+        mic_a, spk_b, mic_b, spk_a = open_devices(native, cfg_b.device_timing)
         holder["devices"] = (mic_a, spk_b, mic_b, spk_a)
         src_tap, sink_tap = SourceTap(mic_a), SinkTap(spk_b)
-        _, make, fallback = SETTINGS[setting]
-        a = CallSession(model, src_tap, spk_a, make(fallback, name="A", nickname="a", local_only=True))
-        b = CallSession(model, mic_b, sink_tap, make(fallback, name="B", nickname="b", local_only=True))
+        a = CallSession(model, src_tap, spk_a, cfg_a)
+        b = CallSession(model, mic_b, sink_tap, cfg_b)
         holder["config"] = b.config
         holder["sessions"] = (a, b)
         a.accept_answer_code(b.accept_offer_code(a.create_offer_code()))
@@ -564,18 +590,24 @@ def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, nat
 
 def describe(cfg) -> str:
     compact = " compact frames," if getattr(cfg, "compact_audio", False) else ""
-    return (f"{cfg.chunks_per_packet} chunk(s)/packet,{compact} redundancy {cfg.redundancy}, jitter buffer "
+    text = (f"{cfg.chunks_per_packet} chunk(s)/packet,{compact} redundancy {cfg.redundancy}, jitter buffer "
             f"{cfg.jitter_initial_depth} deep (min {cfg.jitter_min_depth})")
+    t = getattr(cfg, "device_timing", None)
+    if t is not None:
+        text += (f", output buffer {t.output_latency} in {t.output_block_ms:g} ms blocks, input {t.input_latency}"
+                 f" in {t.input_block_ms:g} ms blocks, cushion {cfg.output_cushion_ms:g} ms")
+    return text
 
 
-def run_passthrough(pa: PrivatePulse, wav: Path, wav_s: float, native: bool, cal_ms: float) -> Run:
-    """Reference: A's mic chunks straight into B's speaker (resampled 16 -> 24 kHz), no codec, no network."""
+def run_passthrough(pa: PrivatePulse, wav: Path, wav_s: float, native: bool, cal_ms: float, timing=None) -> Run:
+    """Reference: A's mic chunks straight into B's speaker (resampled 16 -> 24 kHz), no codec, no network; the
+    devices opened with ``timing`` (the first setting's)."""
     import soxr
 
     holder: dict = {}
 
     def start():
-        mic_a, spk_b, mic_b, spk_a = open_devices(native)
+        mic_a, spk_b, mic_b, spk_a = open_devices(native, timing)
         holder["devices"] = (mic_a, spk_b, mic_b, spk_a)
         src_tap, sink_tap = SourceTap(mic_a), SinkTap(spk_b)
         stop_ev = threading.Event()
@@ -764,6 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device-rates", dest="native_rates", action="store_false",
                     help="open the devices at their default rate (44.1 kHz for ALSA pulse: resampled)")
     ap.add_argument("--model", default="default", help="default (embedded if present, else untrained) | untrained")
+    tw = ap.add_argument_group("experiments: override what the presets choose (app.audio_io.DeviceTiming, "
+                               "CallConfig.output_cushion_ms)")
+    tw.add_argument("--output-latency", help="output buffer: low | high | seconds")
+    tw.add_argument("--output-block-ms", type=float, help="output callback block (ms)")
+    tw.add_argument("--input-latency", help="input buffer: low | high | seconds")
+    tw.add_argument("--input-block-ms", type=float, help="input callback block (ms)")
+    tw.add_argument("--cushion-ms", type=float, help="silence queued in the speakers ahead of the first chunk (ms)")
     ap.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -773,6 +812,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"bad arguments (unknown settings: {bad})" if bad else
                  "runs 1..20, clicks 2..50, spacing 0.7..5 s, settle 0.5..30 s")
 
+    as_latency = lambda v: v if v in ("low", "high") else float(v)
+    timing = {k: f(v) for k, v, f in (("output_latency", args.output_latency, as_latency),
+                                       ("output_block_ms", args.output_block_ms, float),
+                                       ("input_latency", args.input_latency, as_latency),
+                                       ("input_block_ms", args.input_block_ms, float)) if v is not None}
+    tweaks = {"device_timing": timing, "output_cushion_ms": args.cushion_ms}
     pa = PrivatePulse()
     try:
         import torch
@@ -796,14 +841,15 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             sinks = None
             if not args.no_reference:
-                ref = run_passthrough(pa, wav, wav_s, args.native_rates, cal_ms)
+                ref = run_passthrough(pa, wav, wav_s, args.native_rates, cal_ms,
+                                      setting_config(names[0], tweaks).device_timing)
                 rows.append(summarize(ref.setting, [ref], codec=False))
                 log(f"audio I/O only: p50 {rows[-1]['p50']:.0f} ms"
                     f"{' dropped: ' + '; '.join(ref.dropped) if ref.dropped else ''}")
             for name in names:
                 runs = []
                 for i in range(args.runs):
-                    r = run_call(pa, model, name, wav, wav_s, args.native_rates, cal_ms, args.settle)
+                    r = run_call(pa, model, name, wav, wav_s, args.native_rates, cal_ms, args.settle, tweaks)
                     runs.append(r)
                     sinks = sinks or r.sinks
                     med = pct([c.aligned_ms for c in aligned(r)], 50)
