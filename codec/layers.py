@@ -180,12 +180,11 @@ class Conv1d(nn.Conv1d):
             xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
             q = self.qlinear
             return q(xu) if q is not None else F.linear(xu, w.view(cout, cin * k), bias)
-        if g == cin == cout:  # depthwise: per-channel dot products of each receptive field with the kernel
-            if k > LONG_KERNEL:  # (B, n, K, C) windows (rows contiguous) . (K, C), summed over K
-                wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())
-                y = torch.linalg.vecdot(x.unfold(1, k, s).transpose(2, 3), wkc, dim=2)
-            else:  # (B, n, C, K) . (C, K), summed over K
-                y = torch.linalg.vecdot(x.unfold(1, k, s), w.view(cout, k), dim=-1)
+        if g == cin == cout:  # depthwise: (B, n, K, C) windows (rows contiguous) . (K, C) kernel, summed over K
+            wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())
+            sb, st, sc = x.stride()  # the windows as one view: x.unfold(1, k, s).transpose(2, 3)
+            xw = x.as_strided((b, n_out, k, cin), (sb, s * st, st, sc), x.storage_offset())
+            y = torch.linalg.vecdot(xw, wkc, dim=2)
             return y if bias is None else y + bias
         cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
         u = x.unfold(1, k, s).reshape(b, n_out, g, cg, k).permute(0, 2, 1, 3, 4).reshape(b, g, n_out, cg * k)
