@@ -149,9 +149,9 @@ class Conv1d(nn.Conv1d):
     def _fast_ok(self, n_out: int, cin: int, k: int) -> bool:
         if self.padding != (0,) or self.dilation != (1,) or self.padding_mode != "zeros":
             return False
-        if self.qlinear is not None or self.qgroups is not None:
+        if self._modules:  # int8 weights (qlinear / qgroups): their products take any length
             return True
-        if self.groups == cin == self.out_channels and k > LONG_KERNEL:
+        if k > LONG_KERNEL and self.groups == cin == self.out_channels:
             return n_out <= LONG_KERNEL_MAX_FRAMES
         return k == 1 or n_out <= MATMUL_MAX_FRAMES or n_out * cin * k <= MATMUL_MAX_UNFOLD
 
@@ -159,17 +159,18 @@ class Conv1d(nn.Conv1d):
         """(B, Cin, T) -> (B, Cout, n); channels_last: (B, T, Cin) -> (B, n, Cout)."""
         cl = self.channels_last
         k, s = self.kernel_size[0], self.stride[0]
-        n_out = (x.shape[1 if cl else 2] - k) // s + 1
-        cin = x.shape[2 if cl else 1]
+        if cl:
+            _, t, cin = x.shape
+        else:
+            _, cin, t = x.shape
+        n_out = (t - k) // s + 1
         p = self._parameters
         w = p["weight"] if "weight" in p else self.weight
         if (n_out <= 0 or torch.is_grad_enabled() and w.requires_grad
                 or not self._fast_ok(n_out, cin, k)):
             return super().forward(x.transpose(1, 2)).transpose(1, 2) if cl else super().forward(x)
-        b = p["bias"] if "bias" in p else self.bias
-        if cl:
-            return self._forward_cl(x, w, b, n_out, cin, k, s)
-        return self._forward_cf(x, w, b, n_out, cin, k, s)
+        bias = p["bias"] if "bias" in p else self.bias
+        return (self._forward_cl if cl else self._forward_cf)(x, w, bias, n_out, cin, k, s)
 
     def _forward_cl(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
         """Fast paths on time-major input x (B, T, Cin) -> (B, n_out, Cout)."""
@@ -178,7 +179,7 @@ class Conv1d(nn.Conv1d):
         if g == 1:
             # (B, n, Cin, K) -> (B, n, Cin * K): channel-major like the weight
             xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
-            q = self.qlinear
+            q = self._modules.get("qlinear") if self._modules else None
             return q(xu) if q is not None else F.linear(xu, w.view(cout, cin * k), bias)
         if g == cin == cout:  # depthwise: (B, n, K, C) windows (rows contiguous) . (K, C) kernel, summed over K
             wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())

@@ -13,6 +13,7 @@ step (``copy.deepcopy`` a state to branch a stream).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 # Spare frames after the history: the history is compacted once per SPARE / n appends of n frames.
@@ -37,6 +38,8 @@ class History:
         self.start = 0  # buffer index of the first kept frame
         self.length = 0  # kept frames (== size once full, or from the start when padded)
         self._views: dict[tuple[int, int, int], tuple[Tensor, Tensor]] = {}  # (start, length, n) -> (slot, view)
+        self._shape: tuple[int, ...] | None = None  # shape and dtype of the last frames appended
+        self._dtype: torch.dtype | None = None
 
     def _init(self, x: Tensor) -> None:
         n = x.shape[self.dim]
@@ -52,44 +55,58 @@ class History:
                 head.zero_()
             self.length = self.size
 
-    def extend(self, x: Tensor) -> Tensor:
-        """Append ``x`` (n frames along ``dim``); returns the view ``[history; x]`` (length + n frames)."""
-        d = self.dim % x.dim()
+    def _accept(self, x: Tensor) -> None:
+        """First frames: make the buffer; later: frames of another shape/dtype than the buffer's fail."""
         if self.buf is None:
             self._init(x)
-        elif (self.buf.dtype != x.dtype or self.buf.dim() != x.dim() or self.buf.shape[:d] != x.shape[:d]
-              or self.buf.shape[d + 1:] != x.shape[d + 1:]):
-            raise ValueError(f"stream shape/dtype changed mid-stream: history {tuple(self.buf.shape)} "
-                             f"{self.buf.dtype}, new frames {tuple(x.shape)} {x.dtype}; start a new stream state")
-        n = x.shape[d]
-        cap = self.buf.shape[self.dim]
-        if self.start + self.length + n > cap:
-            keep = self.buf.narrow(self.dim, self.start, self.length)
-            want = self.size + max(n, SPARE)
-            if self.length + n > cap or cap > 2 * want:  # grow for a bigger step, shrink after one
-                shape = list(self.buf.shape)
-                shape[self.dim] = want
-                new = self.buf.new_empty(shape)
-                new.narrow(self.dim, 0, self.length).copy_(keep)
-                self.buf = new
-                self._views = {}
-            else:
-                self.buf.narrow(self.dim, 0, self.length).copy_(keep.clone())
-            self.start = 0
-        key = (self.start, self.length, n)
-        views = self._views.get(key)
+        else:
+            d = self.dim % x.dim()
+            b = self.buf
+            if (b.dtype != x.dtype or b.dim() != x.dim() or b.shape[:d] != x.shape[:d]
+                    or b.shape[d + 1:] != x.shape[d + 1:]):
+                raise ValueError(f"stream shape/dtype changed mid-stream: history {tuple(b.shape)} {b.dtype}, "
+                                 f"new frames {tuple(x.shape)} {x.dtype}; start a new stream state")
+        self._shape, self._dtype = x.shape, x.dtype
+
+    def _make_room(self, n: int) -> None:
+        """Move the kept frames to the front of the buffer (reallocated for a step that needs more
+        room than it has, or much less after a big step)."""
+        buf, d = self.buf, self.dim
+        cap = buf.shape[d]
+        keep = buf.narrow(d, self.start, self.length)
+        want = self.size + max(n, SPARE)
+        if self.length + n > cap or cap > 2 * want:  # grow for a bigger step, shrink after one
+            shape = list(buf.shape)
+            shape[d] = want
+            new = buf.new_empty(shape)
+            new.narrow(d, 0, self.length).copy_(keep)
+            self.buf = new
+            self._views = {}
+        else:
+            buf.narrow(d, 0, self.length).copy_(keep.clone())
+        self.start = 0
+
+    def extend(self, x: Tensor) -> Tensor:
+        """Append ``x`` (n frames along ``dim``); returns the view ``[history; x]`` (length + n frames)."""
+        if x.shape != self._shape or x.dtype != self._dtype:
+            self._accept(x)
+        n = x.shape[self.dim]
+        if self.start + self.length + n > self.buf.shape[self.dim]:
+            self._make_room(n)
+        start, length = self.start, self.length
+        views = self._views.get((start, length, n))
         if views is None:
             if len(self._views) >= MAX_VIEWS:
                 self._views.clear()
-            views = self._views[key] = (self.buf.narrow(d, self.start + self.length, n),
-                                        self.buf.narrow(d, self.start, self.length + n))
+            d = self.dim
+            views = self._views[(start, length, n)] = (self.buf.narrow(d, start + length, n),
+                                                       self.buf.narrow(d, start, length + n))
         views[0].copy_(x)
-        view = views[1]
-        total = self.length + n
+        total = length + n
         kept = min(total, self.size)
-        self.start += total - kept
+        self.start = start + total - kept
         self.length = kept
-        return view
+        return views[1]
 
     def frames(self) -> Tensor | None:
         """The kept frames (a view), or None before the first append."""
