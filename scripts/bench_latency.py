@@ -404,6 +404,7 @@ class Run:
     pa_underflows: int = 0  # output underflows PortAudio reported on B's speaker stream
     min_ahead_ms: float | None = None  # least audio queued in B's sink before a write while the clicks played
     render_ahead_ms: dict | None = None  # the sinks' render-ahead (configured latency) while the clicks played
+    relocks: int = 0  # B's playout tick moved earlier to the arrivals (CallStats.playout_relocks)
 
 
 def render_ahead_s(sinks: dict[str, str] | None, name: str) -> float:
@@ -585,7 +586,7 @@ def run_call(pa: PrivatePulse, model, setting: str, wav: Path, wav_s: float, nat
                output_trims=getattr(st, "output_trims", 0), output_trimmed_ms=getattr(st, "output_trimmed_ms", 0.0),
                dropouts=len(m.dropouts), dropout_ms=1000.0 * sum(m.dropouts) / SPK_RATE,
                pa_underflows=holder.get("pa_underflows", 0), min_ahead_ms=m.min_ahead_ms,
-               render_ahead_ms=m.render_ahead_ms)
+               render_ahead_ms=m.render_ahead_ms, relocks=getattr(st, "playout_relocks", 0))
 
 
 def describe(cfg) -> str:
@@ -854,8 +855,9 @@ def main(argv: list[str] | None = None) -> int:
                     sinks = sinks or r.sinks
                     med = pct([c.aligned_ms for c in aligned(r)], 50)
                     log(f"{name} run {i + 1}: {len(r.clicks)} clicks, p50 {med:.0f} ms, "
-                        f"device underruns {r.device_underruns}, output trims {r.output_trims} "
-                        f"({r.output_trimmed_ms:.0f} ms)"
+                        f"device underruns {r.device_underruns}, PortAudio underflows {r.pa_underflows}, "
+                        f"dropouts {r.dropouts}, output trims {r.output_trims} ({r.output_trimmed_ms:.0f} ms), "
+                        f"playout relocks {r.relocks}"
                         f"{' dropped: ' + '; '.join(r.dropped) if r.dropped else ''} | {r.stats_line}")
                 rows.append(summarize(name, runs))
         finally:
