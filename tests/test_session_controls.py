@@ -130,6 +130,25 @@ def test_cli_call_opens_the_devices_as_the_preset_says(monkeypatch, capsys):
         assert "no devices here" in capsys.readouterr().err
 
 
+def test_gui_opens_the_devices_as_the_preset_says(monkeypatch):
+    pytest.importorskip("PySide6")
+    from app.audio_io import LOW_LATENCY_TIMING, ROBUST_TIMING
+    from app.gui import controller, devices
+    from app.gui.settings import Settings
+
+    got: list = []
+    monkeypatch.setattr(devices, "open_source", lambda key, timing=None: got.append(("mic", timing)) or "mic")
+    monkeypatch.setattr(devices, "open_sink", lambda key, gain=1.0, input_rate=24000, timing=None:
+                        got.append(("spk", timing)) or "spk")
+    for preset, timing in (("low-latency", LOW_LATENCY_TIMING), ("default", ROBUST_TIMING),
+                           ("low-bandwidth", ROBUST_TIMING)):
+        got.clear()
+        s = Settings()
+        s.preset = preset
+        assert controller.open_devices(s) == ("mic", "spk")
+        assert got == [("mic", timing), ("spk", timing)], preset
+
+
 def test_setters_check_their_arguments(tmp_path, model, pairs):  # noqa: F811
     x = wav(tmp_path, "s.wav", speech(1.0))
     p = Pair(tmp_path, model, input_a=x, input_b=x)
