@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VocosConfig, WaveNeXtConfig
-from .layers import Conv1d, gelu, layer_norm, linear
+from .layers import Conv1d, gelu_, layer_norm, linear
 from .stream import History, with_left_context
 
 
@@ -37,7 +37,7 @@ class ConvNeXtBlock(nn.Module):
         y = x
         if self.causal:
             y, ctx = with_left_context(y, ctx, self.kernel - 1, pad="zeros", dim=1)
-        y = linear(self.pwconv2, gelu(linear(self.pwconv1, layer_norm(self.norm, self.dwconv(y)))))
+        y = linear(self.pwconv2, gelu_(linear(self.pwconv1, layer_norm(self.norm, self.dwconv(y)))))
         return torch.addcmul(x, self.gamma, y), ctx
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import FocalDecoderConfig, FocalEncoderConfig
-from .layers import Conv1d, ConvTranspose1d, FeedForward, derived, gelu, layer_norm, linear, plain
+from .layers import Conv1d, ConvTranspose1d, FeedForward, derived, gelu_, layer_norm, linear, plain
 from .stream import History, with_left_context
 
 # Per-block state: one left context (B, K - 1, C) per focal level plus one for the global conv.
@@ -68,7 +68,7 @@ class DepthwiseGELU(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, T, C) -> (B, T - kernel + 1, C)."""
-        return gelu(self._modules["0"](x))
+        return gelu_(self._modules["0"](x))
 
 
 class FocalModulation(nn.Module):
@@ -110,7 +110,7 @@ class FocalModulation(nn.Module):
             new_state.append(s)
             glob = layers[lvl](zg)
         else:
-            glob = gelu(z.mean(dim=1, keepdim=True))
+            glob = gelu_(z.mean(dim=1, keepdim=True))
         ctx_all = glob * gates[lvl] if ctx_all is None else torch.addcmul(ctx_all, glob, gates[lvl])
         if self.normalize_modulator:
             ctx_all = ctx_all / (lvl + 1)
@@ -243,7 +243,7 @@ class ChunkFeedForward(nn.Module):
         if pad:
             x = F.pad(x, (0, 0, 0, pad))
         y = x.reshape(b, -1, self.chunk * c)
-        y = y + linear(self.out_proj, gelu(linear(self.in_proj, y)))
+        y = y + linear(self.out_proj, gelu_(linear(self.in_proj, y)))
         y = y.reshape(b, n + pad, c)
         return y[:, :n] if pad else y
 

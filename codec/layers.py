@@ -44,6 +44,18 @@ def gelu(x: Tensor) -> Tensor:
     return F.gelu(x)
 
 
+def gelu_(x: Tensor) -> Tensor:
+    """:func:`gelu` of a temporary ``x`` (an intermediate result nothing else holds), computed in place
+    when autograd does not record; returns ``x`` then (else a new tensor)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return gelu(x)
+    if x.is_contiguous() and x.dim() >= 2 and x.shape[-1] > 1 and x.shape[-2] > 1:
+        torch.ops.aten.gelu_.default(x.transpose(-1, -2))  # ATen's kernel on a non-contiguous view, see gelu
+    else:
+        torch.ops.aten.gelu_.default(x)
+    return x
+
+
 class Derived:
     """A tensor computed from a weight (``fn(src)``), kept until the weight changes.
 
@@ -115,7 +127,7 @@ class FeedForward(nn.Module):
         self.out_proj = nn.Linear(ffn_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(self.out_proj, gelu(linear(self.in_proj, x)))
+        return linear(self.out_proj, gelu_(linear(self.in_proj, x)))
 
 
 def _unfold_cl(x: Tensor, kernel: int, stride: int) -> Tensor:

@@ -189,7 +189,7 @@ class FocalCodec(nn.Module):
     def feats_to_lats(self, feats: Tensor, state: list | None = None, return_state: bool = False):
         """feats (B, N, C) -> L2-normalised latents (B, N, D)."""
         lats, state = self.compressor(feats, state)
-        lats = F.normalize(lats, dim=-1)
+        lats = lats / torch.linalg.vector_norm(lats, dim=-1, keepdim=True).clamp_min(1e-12)  # = F.normalize
         return (lats, state) if return_state else lats
 
     def lats_to_codes(self, lats: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import WavLMConfig
-from .layers import Conv1d, Derived, FeedForward, gelu, layer_norm, linear
+from .layers import Conv1d, Derived, FeedForward, gelu_, layer_norm, linear
 from .stream import History, with_left_context
 
 # Relative position biases of at most this many elements (heads x queries x keys) are kept per shape.
@@ -47,7 +47,7 @@ class ConvLayer(nn.Module):
         self.norm = nn.LayerNorm(cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return gelu(layer_norm(self.norm, self.conv(x)))
+        return gelu_(layer_norm(self.norm, self.conv(x)))
 
 
 class FeatureExtractor(nn.Module):
@@ -86,11 +86,11 @@ class PositionalConv(nn.Module):
         """x (B, N, C) -> (B, N, C)."""
         if self.causal:
             x, ctx = with_left_context(x, ctx, self.kernel - 1, dim=1)
-            return gelu(self.conv(x)), ctx
+            return gelu_(self.conv(x)), ctx
         y = self.conv(x)
         if self.kernel % 2 == 0:
             y = y[:, :-1]
-        return gelu(y), None
+        return gelu_(y), None
 
 
 class GatedRelPosAttention(nn.Module):
@@ -120,9 +120,10 @@ class GatedRelPosAttention(nn.Module):
         q, k, v = linear(self.qkv_proj, x).view(b, n, 3, h, dh).permute(2, 0, 3, 1, 4)
         if kv is not None:
             k, v = kv[0].extend(k), kv[1].extend(v)
+        # per head, from its slice of x: (B, n, H, 8) -> (B, n, H, 2) -> (B, H, n, 2)
         gate_a, gate_b = torch.sigmoid(
-            self.gru_rel_pos_linear(x.view(b, n, h, dh).transpose(1, 2)).view(b, h, n, 2, 4).sum(-1)
-        ).chunk(2, dim=-1)
+            linear(self.gru_rel_pos_linear, x.view(b, n, h, dh)).view(b, n, h, 2, 4).sum(-1)
+        ).transpose(1, 2).chunk(2, dim=-1)
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0  # (B, H, n, 1)
         attn_bias = gate * bias
         if mask is not None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from codec.layers import Conv1d, ConvTranspose1d, derived, gelu
+from codec.layers import Conv1d, ConvTranspose1d, derived, gelu, gelu_
 
 
 @pytest.mark.parametrize("cin,cout,k,s,groups,frames", [
@@ -84,6 +84,25 @@ def test_gelu_matches_torch(shape):
     y = gelu(x)
     assert y.shape == x.shape and y.is_contiguous()
     torch.testing.assert_close(y, F.gelu(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 192), (1, 1, 7), (3, 5)])
+def test_gelu_in_place(shape):
+    x = torch.randn(*shape) * 3
+    ref = F.gelu(x)
+    y = x.clone()
+    with torch.no_grad():
+        out = gelu_(y)
+    assert out is y and torch.allclose(y, ref, atol=1e-6, rtol=1e-6)
+    t = y.t() if y.dim() == 2 else y.transpose(1, 2)  # a non-contiguous temporary
+    t.copy_(x.t() if x.dim() == 2 else x.transpose(1, 2))
+    with torch.no_grad():
+        gelu_(t)
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-6)
+    xg = x.clone().requires_grad_(True)  # autograd records: a new tensor, differentiable
+    out = gelu_(xg * 1.0)
+    out.sum().backward()
+    assert xg.grad is not None and torch.equal(xg.detach(), x)
 
 
 def test_derived_follows_weight_updates():
