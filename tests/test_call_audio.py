@@ -211,7 +211,8 @@ def test_speech_both_ways_through_virtual_devices(pulse, tmp_path):  # noqa: F81
         before, during = float(np.percentile(e[ok], 90)), float(np.mean(e[speech]))
         print(f"\n{sender} -> {receiver}: rms {20 * np.log10(rms):.1f} dBFS (floor {floor:.1e}); departure from the "
               f"80 ms period: p90 {before:.1e} before the speech, mean {during:.1e} during it; "
-              f"{len(watch.events[receiver])} device underrun(s) at {receiver}")
+              f"{len(watch.events[receiver])} device underrun(s) at {receiver}; output trims "
+              f"{stats[receiver].output_trims}, playout relocks {getattr(stats[receiver], 'playout_relocks', 0)}")
         assert before < 1e-3, before
         assert during > 1e-2 and during > 30 * before, (before, during)
 
