@@ -371,3 +371,13 @@ def test_cli_export_only(tmp_path, manifest):
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "model" / "config.json").exists() and (tmp_path / "model" / "model.safetensors").exists()
+    # a stage snapshot (a plain model folder) exports the same way, level-calibrated
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", str(tmp_path / "c.json"), "--init-from",
+                        str(tmp_path / "run" / "stages" / "e2e"), "--out", str(tmp_path / "run2"), "--export-only",
+                        "--export", str(tmp_path / "model2")], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "model2" / "model.safetensors").exists()
+    r = subprocess.run([sys.executable, "-m", "app.cli", "train", str(tmp_path / "c.json"), "--export-only",
+                        "--export", str(tmp_path / "model3"), "--out", str(tmp_path / "run3")],
+                       capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "--init-from" in r.stderr

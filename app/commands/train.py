@@ -77,10 +77,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer(cfg, out, device=args.device, init_from=args.init_from,
                           data_base=Path(args.data_root) if args.data_root else None, progress=not args.no_progress)
         if args.export_only:
-            if not (resume and args.export):
-                print("focalchat train: --export-only needs --resume and --export", file=sys.stderr)
+            if not (args.export and (resume or args.init_from)):
+                print("focalchat train: --export-only needs --export and --resume (a run) or --init-from (a model)",
+                      file=sys.stderr)
                 return 2
-            trainer.load(resume)
+            if resume:
+                trainer.load(resume)
             print(f"model written to {trainer.export(args.export)}", file=sys.stderr)
             return 0
         print(f"training on {trainer.device}; run folder {out}", file=sys.stderr)
