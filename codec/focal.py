@@ -47,9 +47,13 @@ class Snake1d(nn.Module):
         nn.init.ones_(self.alpha)
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha.view(-1) if self.channels_last else self.alpha
-        inv = derived(self, "inv_alpha", alpha, lambda a: (a + 1e-9).reciprocal())
+        alpha, inv = derived(self, "alpha", self.alpha, self._alpha_and_inverse)
         return torch.addcmul(x, inv, torch.sin(alpha * x).square())
+
+    def _alpha_and_inverse(self, alpha: Tensor) -> tuple[Tensor, Tensor]:
+        """alpha and 1 / (alpha + 1e-9), shaped for this module's layout ((C,) time-major, else (C, 1))."""
+        a = alpha.view(-1) if self.channels_last else alpha
+        return a, (a + 1e-9).reciprocal()
 
 
 def _norm(mod: nn.Module, x: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ convolutions' left contexts (:class:`codec.stream.History` along time) need no t
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,20 +45,24 @@ def gelu(x: Tensor) -> Tensor:
     return F.gelu(x)
 
 
+# the in-place GELU op (torch._C._nn.gelu_ is its binding without a Python-level dispatch frame)
+_gelu_inplace = getattr(torch._C._nn, "gelu_", None) or torch.ops.aten.gelu_.default
+
+
 def gelu_(x: Tensor) -> Tensor:
     """:func:`gelu` of a temporary ``x`` (an intermediate result nothing else holds), computed in place
     when autograd does not record; returns ``x`` then (else a new tensor)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return gelu(x)
     if x.is_contiguous() and x.dim() >= 2 and x.shape[-1] > 1 and x.shape[-2] > 1:
-        torch.ops.aten.gelu_.default(x.transpose(-1, -2))  # ATen's kernel on a non-contiguous view, see gelu
+        _gelu_inplace(x.transpose(-1, -2))  # ATen's kernel on a non-contiguous view, see gelu
     else:
-        torch.ops.aten.gelu_.default(x)
+        _gelu_inplace(x)
     return x
 
 
 class Derived:
-    """A tensor computed from a weight (``fn(src)``), kept until the weight changes.
+    """Tensors computed from a weight (``fn(src)``: a tensor or a tuple of them), kept until the weight changes.
 
     Such a value depends on weights only, never on a stream. It is recomputed when ``src`` is replaced
     or updated in place (its storage, version counter, shape or dtype differ); the entry holds a view
@@ -71,9 +76,9 @@ class Derived:
     def __init__(self) -> None:
         self.src: Tensor | None = None
         self.tag: tuple | None = None
-        self.value: Tensor | None = None
+        self.value: Any = None
 
-    def get(self, src: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+    def get(self, src: Tensor, fn: Callable[[Tensor], Any]) -> Any:
         if src.is_inference() or src.requires_grad and torch.is_grad_enabled():
             return fn(src)
         tag = (src.data_ptr(), src._version, src.shape, src.stride(), src.dtype, src.device)
@@ -81,10 +86,10 @@ class Derived:
             with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable in any mode
                 value = fn(src.detach())
             self.src, self.tag, self.value = src.detach(), tag, value
-        return self.value  # type: ignore[return-value]
+        return self.value
 
 
-def derived(module: nn.Module, key: Hashable, src: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+def derived(module: nn.Module, key: Hashable, src: Tensor, fn: Callable[[Tensor], Any]) -> Any:
     """``fn(src)`` for a weight ``src`` of ``module``, kept on the module under ``key`` (see :class:`Derived`)."""
     slots: dict = module.__dict__.setdefault("_derived", {})
     slot = slots.get(key)
@@ -104,7 +109,7 @@ def linear(mod: nn.Module, x: Tensor) -> Tensor:
     A module call and its two attribute look-ups cost ~3 us, as much as the matrix product of a
     streaming step; an int8 replacement (:mod:`codec.fastpath`) or a module with hooks is called.
     """
-    if plain(mod, nn.Linear):
+    if type(mod) is nn.Linear and not (mod._forward_hooks or mod._forward_pre_hooks):  # see plain()
         p = mod._parameters
         return F.linear(x, p["weight"], p["bias"])
     return mod(x)
@@ -112,9 +117,9 @@ def linear(mod: nn.Module, x: Tensor) -> Tensor:
 
 def layer_norm(mod: nn.Module, x: Tensor) -> Tensor:
     """``mod(x)`` for an ``nn.LayerNorm``, without the module-call machinery (see :func:`linear`)."""
-    if plain(mod, nn.LayerNorm):
+    if type(mod) is nn.LayerNorm and not (mod._forward_hooks or mod._forward_pre_hooks):  # see plain()
         p = mod._parameters
-        return F.layer_norm(x, mod.normalized_shape, p["weight"], p["bias"], mod.eps)
+        return torch.layer_norm(x, mod.normalized_shape, p["weight"], p["bias"], mod.eps)
     return mod(x)
 
 
@@ -191,8 +196,10 @@ class Conv1d(nn.Conv1d):
         if g == 1:
             # (B, n, Cin, K) -> (B, n, Cin * K): channel-major like the weight
             xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
-            q = self._modules.get("qlinear") if self._modules else None
-            return q(xu) if q is not None else F.linear(xu, w.view(cout, cin * k), bias)
+            q = self._modules.get("qlinear") if self._modules else None  # int8 weight (codec.fastpath)
+            if q is not None:
+                return q(xu)
+            return F.linear(xu, derived(self, "weight_2d", w, lambda w: w.view(cout, cin * k)), bias)
         if g == cin == cout:  # depthwise: (B, n, K, C) windows (rows contiguous) . (K, C) kernel, summed over K
             wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())
             sb, st, sc = x.stride()  # the windows as one view: x.unfold(1, k, s).transpose(2, 3)
