@@ -207,13 +207,15 @@ class Conv1d(nn.Conv1d):
             y = torch.linalg.vecdot(xw, wkc, dim=2)
             return y if bias is None else y + bias
         cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
-        u = x.unfold(1, k, s).reshape(b, n_out, g, cg, k).permute(0, 2, 1, 3, 4).reshape(b, g, n_out, cg * k)
+        sb, st, sc = x.stride()  # the windows per group (B, G, n, Cg, K), then (B, G, n, Cg * K)
+        u = x.as_strided((b, g, n_out, cg, k), (sb, cg * sc, s * st, sc, st), x.storage_offset())
+        u = u.reshape(b, g, n_out, cg * k)
         if self.qgroups is not None:
             y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
         else:
-            y = torch.matmul(u, w.view(g, og, cg * k).transpose(1, 2))
+            y = torch.matmul(u, derived(self, "weight_groups", w, lambda w: w.view(g, og, cg * k).transpose(1, 2)))
             if bias is not None:
-                y = y + bias.view(g, 1, og)
+                y = y + derived(self, "bias_groups", bias, lambda b: b.view(g, 1, og))
         return y.permute(0, 2, 1, 3).reshape(b, n_out, cout)
 
     def _forward_cf(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
@@ -280,7 +282,7 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         cout, q = self.out_channels, self.qlinear
         if cl:
             b, n, cin = x.shape
-            y = q(x) if q is not None else torch.matmul(x, w.view(cin, cout * k))
+            y = q(x) if q is not None else torch.matmul(x, derived(self, "weight_2d", w, lambda w: w.view(cin, cout * k)))
             if k > 1:  # (B, n, Cout, K) -> (B, n, K, Cout) -> (B, n * K, Cout)
                 y = y.view(b, n, cout, k).transpose(2, 3).reshape(b, n * k, cout)
             return y if bias is None else y + bias
