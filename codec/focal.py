@@ -2,8 +2,9 @@
 
 Tensors are channels-last (B, N, C) throughout, the convolutions included. In causal mode every
 depthwise convolution sees only past frames; its left context (``kernel - 1`` frames,
-replicate-padded at stream start, a :class:`codec.stream.History` along time) is the per-stream state. The "global" context of a causal block is a depthwise convolution spanning
-``window_size`` frames instead of the full-context model's average over the whole utterance.
+replicate-padded at stream start, a :class:`codec.stream.History` along time) is the per-stream
+state. The "global" context of a causal block is a depthwise convolution spanning ``window_size``
+frames instead of the full-context model's average over the whole utterance.
 """
 
 from __future__ import annotations

@@ -71,22 +71,21 @@ class Derived:
     computed on every call.
     """
 
-    __slots__ = ("src", "tag", "value")
+    __slots__ = ("entry",)
 
     def __init__(self) -> None:
-        self.src: Tensor | None = None
-        self.tag: tuple | None = None
-        self.value: Any = None
+        # (view of the source storage, source tag, value), replaced as a whole (safe for concurrent readers)
+        self.entry: tuple[Tensor, tuple, Any] | None = None
 
     def get(self, src: Tensor, fn: Callable[[Tensor], Any]) -> Any:
         if src.is_inference() or src.requires_grad and torch.is_grad_enabled():
             return fn(src)
         tag = (src.data_ptr(), src._version, src.shape, src.stride(), src.dtype, src.device)
-        if tag != self.tag:
+        entry = self.entry
+        if entry is None or entry[1] != tag:
             with torch.inference_mode(False), torch.no_grad():  # a plain tensor: usable in any mode
-                value = fn(src.detach())
-            self.src, self.tag, self.value = src.detach(), tag, value
-        return self.value
+                entry = self.entry = (src.detach(), tag, fn(src.detach()))
+        return entry[2]
 
 
 def derived(module: nn.Module, key: Hashable, src: Tensor, fn: Callable[[Tensor], Any]) -> Any:
@@ -189,7 +188,8 @@ class Conv1d(nn.Conv1d):
         bias = p["bias"] if "bias" in p else self.bias
         return (self._forward_cl if cl else self._forward_cf)(x, w, bias, n_out, cin, k, s)
 
-    def _forward_cl(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
+    def _forward_cl(self, x: Tensor, w: Tensor, bias: Tensor | None,
+                    n_out: int, cin: int, k: int, s: int) -> Tensor:
         """Fast paths on time-major input x (B, T, Cin) -> (B, n_out, Cout)."""
         b = x.shape[0]
         cout, g = self.out_channels, self.groups
@@ -218,7 +218,8 @@ class Conv1d(nn.Conv1d):
                 y = y + derived(self, "bias_groups", bias, lambda b: b.view(g, 1, og))
         return y.permute(0, 2, 1, 3).reshape(b, n_out, cout)
 
-    def _forward_cf(self, x: Tensor, w: Tensor, bias: Tensor | None, n_out: int, cin: int, k: int, s: int) -> Tensor:
+    def _forward_cf(self, x: Tensor, w: Tensor, bias: Tensor | None,
+                    n_out: int, cin: int, k: int, s: int) -> Tensor:
         """Fast paths on channel-major input x (B, Cin, T) -> (B, Cout, n_out)."""
         b = x.shape[0]
         cout, g = self.out_channels, self.groups
@@ -229,7 +230,7 @@ class Conv1d(nn.Conv1d):
             else:
                 y = F.linear(xu, w.view(cout, cin * k), bias)
             return y.transpose(1, 2)
-        if g == cin == cout:  # depthwise: batched dot products for short kernels, a loop over outputs for long ones
+        if g == cin == cout:  # depthwise: batched dot products (short kernels), a loop over outputs (long)
             if k > LONG_KERNEL:
                 wk = w.view(cout, k)
                 y = torch.stack([(x[..., j * s : j * s + k] * wk).sum(-1) for j in range(n_out)], -1)
@@ -282,7 +283,10 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         cout, q = self.out_channels, self.qlinear
         if cl:
             b, n, cin = x.shape
-            y = q(x) if q is not None else torch.matmul(x, derived(self, "weight_2d", w, lambda w: w.view(cin, cout * k)))
+            if q is not None:
+                y = q(x)
+            else:
+                y = torch.matmul(x, derived(self, "weight_2d", w, lambda w: w.view(cin, cout * k)))
             if k > 1:  # (B, n, Cout, K) -> (B, n, K, Cout) -> (B, n * K, Cout)
                 y = y.view(b, n, cout, k).transpose(2, 3).reshape(b, n * k, cout)
             return y if bias is None else y + bias
