@@ -135,6 +135,33 @@ def test_two_streams_do_not_share_state():
     torch.testing.assert_close(torch.cat(outs_b, 1), yb, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("name", ["tiny12", "tiny16-window8", "lookahead1", "downscale2", "heads2-level3"])
+def test_streaming_with_kept_weight_views(name):
+    """Weights made outside inference mode, so that the views and biases kept between steps are used:
+    streaming still equals one-shot, and interleaved streams equal separate ones."""
+    m = make(CONFIGS[name])
+    n_chunks = 11 if "window8" not in name else 20
+    a, b = signal(n_chunks * m.chunk_size, seed=1), signal(n_chunks * m.chunk_size, seed=2) * 0.5
+    with torch.inference_mode():
+        ta, ya, _, _ = stream(m, a)
+        assert torch.equal(ta, m.sig_to_toks(a))
+        torch.testing.assert_close(ya, m.toks_to_sig(ta), atol=2e-5, rtol=1e-4)
+        tb, yb, _, _ = stream(m, b)
+        ea = eb = da = db = None
+        outs = {"a": [], "b": []}
+        for i in range(n_chunks):
+            s = slice(i * m.chunk_size, (i + 1) * m.chunk_size)
+            t, ea = m.encode_step(a[:, s], ea)
+            y, da = m.decode_step(t, da)
+            outs["a"].append((t, y))
+            t, eb = m.encode_step(b[:, s], eb)
+            y, db = m.decode_step(t, db)
+            outs["b"].append((t, y))
+    for (t_ref, y_ref), key in ((ta, ya), "a"), ((tb, yb), "b"):
+        assert torch.equal(torch.cat([t for t, _ in outs[key]], 1), t_ref)
+        assert torch.equal(torch.cat([y for _, y in outs[key]], 1), y_ref)
+
+
 def test_streaming_follows_weight_changes():
     """What a model keeps between steps (relative position bias, derived weights) follows new weights."""
     a, b = make(tiny_config(12), seed=0), make(tiny_config(12), seed=1)  # plain (not inference) weights
