@@ -20,6 +20,7 @@ from codec.training.config import AugmentConfig, DataConfig, StageConfig, Teache
 from codec.training.data import CropSampler, Utterance, load_corpus, read_manifest, split_by_speaker
 from codec.training.losses import (
     MultiResolutionLoss,
+    PhaseDerivativeLoss,
     bsq_entropy_loss,
     feature_matching_loss,
     hinge_d_loss,
@@ -55,7 +56,8 @@ def _cfg(manifest: Path, stages: list[StageConfig], **kw) -> TrainConfig:
 
 
 E2E = StageConfig(name="e2e", kind="e2e", steps=3, lr=1e-3, warmup_steps=1, mel_weight=1.0, commit_weight=0.02)
-GAN = StageConfig(name="gan", kind="decoder", steps=2, lr=1e-4, warmup_steps=1, adversarial=True, segment_chunks=3)
+GAN = StageConfig(name="gan", kind="decoder", steps=2, lr=1e-4, warmup_steps=1, adversarial=True, segment_chunks=3,
+                  phase_weight=1.0)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -154,6 +156,53 @@ def test_multiresolution_loss():
     assert float(mel2) > 0.5 and float(stft2) > 0.5
 
 
+def test_band_limited_loss_ignores_the_empty_band_but_wants_it_silent():
+    torch.manual_seed(0)
+    spec = torch.fft.rfft(torch.randn(2, 24000) * 0.1)
+    spec[:, 8000:] = 0  # 24 kHz rate, content below 8 kHz only (16 kHz speech resampled)
+    target = torch.fft.irfft(spec, 24000)
+    hiss = torch.fft.irfft(torch.cat([torch.zeros(2, 8100), torch.fft.rfft(torch.randn(2, 24000))[:, 8100:]], 1), 24000)
+    full, limited = MultiResolutionLoss(24000), MultiResolutionLoss(24000, band_limit=8000)
+    assert [float(v) for v in limited(target, target)] == pytest.approx([0, 0], abs=1e-6)
+    # a faint hiss above the band: the full-band log loss calls it a disaster, the band-limited loss a
+    # small out-of-band term that still points towards silence
+    faint = target + 1e-4 * hiss
+    assert float(full(faint, target)[1]) > 1.0
+    mel, stft = limited(faint, target)
+    assert float(mel) < 0.01 and 0 < float(stft) < 0.05
+    assert float(limited(target + 1e-2 * hiss, target)[1]) > float(stft)
+
+
+def test_phase_derivative_loss_wants_coherent_sinusoids_not_the_absolute_phase():
+    sr = 24000
+    t = torch.arange(sr) / sr
+    f0 = 100 + 40 * t  # gliding harmonic tone, like a voiced vowel
+    phase = 2 * math.pi * torch.cumsum(f0, 0) / sr
+    tone = sum(torch.sin(k * phase) / k for k in range(1, 20))[None] * 0.1
+    loss = PhaseDerivativeLoss()
+    assert float(loss(tone, tone)) == pytest.approx(0, abs=1e-5)
+    assert float(loss(-tone, tone)) == pytest.approx(0, abs=1e-5)  # polarity / constant phase: free
+    assert float(loss(torch.roll(tone, 12, 1), tone)) < 0.02  # 0.5 ms of delay: nearly free
+    # the same magnitudes with random phase (noise-excited) cost a lot
+    win = torch.hann_window(1024)
+    spec = torch.stft(tone, 1024, 256, window=win, return_complex=True)
+    torch.manual_seed(0)
+    noisy = torch.istft(torch.polar(spec.abs(), torch.rand_like(spec.real) * 2 * math.pi), 1024, 256,
+                        window=win, length=tone.shape[1])
+    assert float(loss(noisy, tone)) > 0.3
+    # and the gradient points back towards coherent phase
+    x = noisy.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=1e-3)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        v = loss(x, tone)
+        first = first if first is not None else float(v)
+        v.backward()
+        opt.step()
+    assert float(loss(x, tone)) < first - 0.05
+
+
 def test_entropy_loss_rewards_used_confident_bits():
     torch.manual_seed(0)
     spread = torch.nn.functional.normalize(torch.randn(4, 64, 16), dim=-1)  # every bit half the time
@@ -217,7 +266,7 @@ def test_stages_train_only_their_parts(tmp_path, manifest):
     log = [json.loads(line) for line in (tmp_path / "run" / "train.log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log].count("e2e") == 3
     gan = [r for r in log if r["stage"] == "gan"]
-    assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "val_mel"))
+    assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "phase", "val_mel", "val_phase"))
     assert all(np.isfinite(r["loss"]) for r in log)
 
 

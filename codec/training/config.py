@@ -86,6 +86,7 @@ class StageConfig:
     # loss weights
     mel_weight: float = 45.0
     stft_weight: float = 1.0  # log-magnitude L1 + spectral convergence
+    phase_weight: float = 0.0  # instantaneous-frequency + group-delay agreement (losses.PhaseDerivativeLoss)
     entropy_weight: float = 0.1  # BSQ entropy loss (per-sample minus codebook entropy)
     entropy_sample_weight: float = 1.0  # weight of its per-sample (confidence) term; 0 = bit usage only
     commit_weight: float = 0.0

@@ -38,10 +38,11 @@ from torch import Tensor
 from codec.model import FocalCodec
 
 from .config import StageConfig, TrainConfig
-from .data import CropSampler, fixed_validation_set, load_corpus, split_by_speaker
+from .data import SR, CropSampler, fixed_validation_set, load_corpus, split_by_speaker
 from .discriminators import Discriminators
 from .losses import (
     MultiResolutionLoss,
+    PhaseDerivativeLoss,
     bsq_entropy_loss,
     feature_matching_loss,
     hinge_d_loss,
@@ -121,7 +122,10 @@ class Trainer:
                      "initialisation)", len(usable), len(own), init_from)
         self.model.to(self.device)
         self.rate_out = cfg.model.sample_rate_output
-        self.spec_loss = MultiResolutionLoss(self.rate_out, fmax=self.rate_out / 2).to(self.device)
+        # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
+        self.spec_loss = MultiResolutionLoss(self.rate_out, fmax=self.rate_out / 2,
+                                             band_limit=min(SR, self.rate_out) / 2).to(self.device)
+        self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
         self.discs: Discriminators | None = None
         self.opt: torch.optim.Optimizer | None = None
@@ -237,6 +241,10 @@ class Trainer:
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
+            if st.phase_weight > 0:
+                ph = self.phase_loss(rec, target)
+                loss = loss + st.phase_weight * ph
+                logs["phase"] = float(ph.detach())
         return loss, logs, rec, target
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
@@ -289,10 +297,11 @@ class Trainer:
         lats = self.model.sig_to_lats(x)
         rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
         mel, stft = self.spec_loss(rec, y)
+        phase = self.phase_loss(rec, y)
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
-        return {"val_mel": float(mel), "val_stft": float(stft), "val_bit_usage": float(usage),
+        return {"val_mel": float(mel), "val_stft": float(stft), "val_phase": float(phase), "val_bit_usage": float(usage),
                 "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
 
     # ------------------------------------------------------------------ checkpoints
