@@ -323,6 +323,32 @@ def test_training_reduces_the_reconstruction_loss(tmp_path, manifest):
     assert tr.validate()["val_mel"] < first - 0.3
 
 
+def test_level_invariant_losses_ignore_the_crop_level_but_anchor_it(tmp_path, manifest):
+    """The encoder cannot hear the input level, so a level-invariant stage scores the decoded crop scaled
+    to the target's RMS; only the small level term sees the level."""
+    stage = replace(E2E, level_invariant=True, level_weight=0.1)
+    tr = Trainer(_cfg(manifest, [stage]), tmp_path / "run", progress=False)
+    tr._setup_stage()
+    x, y = (torch.from_numpy(a) for a in tr._sampler(4).batch(2, augment=False))
+    torch.manual_seed(0)
+    _, quiet, _, _ = tr.compute_losses(x, y, stage)
+    torch.manual_seed(0)
+    _, loud, _, _ = tr.compute_losses(x * 4, y * 4, stage)  # the same speech 12 dB louder: same output
+    # equal but for the log floors (-100 dB), which do not scale
+    assert loud["mel"] == pytest.approx(quiet["mel"], rel=0.02)
+    assert loud["stft"] == pytest.approx(quiet["stft"], rel=0.02)
+    # |log RMS ratio| moves by log 4 (towards or away from 0, as the untrained output was loud or quiet)
+    assert min(abs(loud["level"] - abs(quiet["level"] - math.log(4))),
+               abs(loud["level"] - (quiet["level"] + math.log(4)))) < 0.01
+    plain = replace(stage, level_invariant=False)
+    torch.manual_seed(0)
+    _, a, _, _ = tr.compute_losses(x, y, plain)
+    torch.manual_seed(0)
+    _, b, _, _ = tr.compute_losses(x * 4, y * 4, plain)
+    assert abs(b["mel"] - a["mel"]) > 0.3 and "level" not in a  # without it, the level is most of the loss
+    assert "val_mel_level_invariant" in tr.validate()
+
+
 def test_cli_reports_bad_config(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"stages": []}))
     r = subprocess.run([sys.executable, "-m", "app.cli", "train", str(tmp_path / "bad.json")],

@@ -87,6 +87,12 @@ class StageConfig:
     mel_weight: float = 45.0
     stft_weight: float = 1.0  # log-magnitude L1 + spectral convergence
     phase_weight: float = 0.0  # instantaneous-frequency + group-delay agreement (losses.PhaseDerivativeLoss)
+    # The WavLM-style encoder is blind to the input's level (bias-free conv, then LayerNorm per frame), so a
+    # decoded crop's level is a guess and its log-spectral error is noise the model cannot reduce. With
+    # ``level_invariant`` the waveform losses compare the prediction scaled to the target's RMS (per crop),
+    # and ``level_weight`` times |log RMS ratio| keeps the absolute level anchored.
+    level_invariant: bool = False
+    level_weight: float = 0.1
     entropy_weight: float = 0.1  # BSQ entropy loss (per-sample minus codebook entropy)
     entropy_sample_weight: float = 1.0  # weight of its per-sample (confidence) term; 0 = bit usage only
     commit_weight: float = 0.0

@@ -70,6 +70,11 @@ def feature_mse(pred: Tensor, ref: Tensor) -> Tensor:
     return F.mse_loss(pred[:, :n], ref[:, :n])
 
 
+def rms(x: Tensor) -> Tensor:
+    """Root mean square per item: (B, T) -> (B, 1), floored at -100 dBFS."""
+    return x.square().mean(dim=1, keepdim=True).clamp_min(1e-10).sqrt()
+
+
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -237,12 +242,20 @@ class Trainer:
         if rec is not None:
             n = min(rec.shape[1], target.shape[1])  # teacher features may cover one frame less
             rec, target = rec[:, :n], target[:, :n]
-            mel, stft = self.spec_loss(rec, target)
+            scaled = rec
+            if st.level_invariant:
+                ratio = rms(rec) / rms(target)  # (B, 1)
+                scaled = rec / ratio.detach()
+                lvl = torch.log(ratio).abs().mean()
+                loss = loss + st.level_weight * lvl
+                logs["level"] = float(lvl.detach())
+            mel, stft = self.spec_loss(scaled, target)
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
+            rec = scaled  # what the discriminators judge
             if st.phase_weight > 0:
-                ph = self.phase_loss(rec, target)
+                ph = self.phase_loss(scaled, target)
                 loss = loss + st.phase_weight * ph
                 logs["phase"] = float(ph.detach())
         return loss, logs, rec, target
@@ -297,11 +310,12 @@ class Trainer:
         lats = self.model.sig_to_lats(x)
         rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
         mel, stft = self.spec_loss(rec, y)
+        mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
-        return {"val_mel": float(mel), "val_stft": float(stft), "val_phase": float(phase), "val_bit_usage": float(usage),
+        return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li), "val_phase": float(phase), "val_bit_usage": float(usage),
                 "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
 
     # ------------------------------------------------------------------ checkpoints
