@@ -347,6 +347,15 @@ def test_level_invariant_losses_ignore_the_crop_level_but_anchor_it(tmp_path, ma
     _, b, _, _ = tr.compute_losses(x * 4, y * 4, plain)
     assert abs(b["mel"] - a["mel"]) > 0.3 and "level" not in a  # without it, the level is most of the loss
     assert "val_mel_level_invariant" in tr.validate()
+    # the spectral losses have no gradient along the output level (else it drifts: log-spectral losses
+    # want a level other than the RMS match); only the level term has
+    rec = torch.randn(2, 4800, requires_grad=True)
+    tgt = torch.randn(2, 4800) * 0.1
+    from codec.training.trainer import rms
+
+    mel, stft = tr.spec_loss(rec / (rms(rec) / rms(tgt)), tgt)
+    (g,) = torch.autograd.grad(mel + stft, rec)
+    assert abs(float((g * rec).sum())) < 1e-3 * float(g.norm() * rec.norm())
 
 
 def test_cli_reports_bad_config(tmp_path):

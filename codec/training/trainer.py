@@ -245,7 +245,7 @@ class Trainer:
             scaled = rec
             if st.level_invariant:
                 ratio = rms(rec) / rms(target)  # (B, 1)
-                scaled = rec / ratio.detach()
+                scaled = rec / ratio  # not detached: the spectral losses then have no gradient along the level
                 lvl = torch.log(ratio).abs().mean()
                 loss = loss + st.level_weight * lvl
                 logs["level"] = float(lvl.detach())
