@@ -253,11 +253,11 @@ class Trainer:
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
-            rec = scaled  # what the discriminators judge
             if st.phase_weight > 0:
                 ph = self.phase_loss(scaled, target)
                 loss = loss + st.phase_weight * ph
                 logs["phase"] = float(ph.detach())
+            rec = scaled  # what the discriminators judge
         return loss, logs, rec, target
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
@@ -315,7 +315,8 @@ class Trainer:
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
-        return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li), "val_phase": float(phase), "val_bit_usage": float(usage),
+        return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li),
+                "val_phase": float(phase), "val_bit_usage": float(usage),
                 "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
 
     # ------------------------------------------------------------------ checkpoints
