@@ -307,6 +307,27 @@ def test_compact_checkpoint_resumes_and_exports(tmp_path, manifest):
     assert toks.shape == (1, 8) and out.shape == (1, 2 * 1920) and torch.isfinite(out).all()
 
 
+def test_discriminator_width_change_restarts_only_the_discriminators(tmp_path, manifest, caplog):
+    """A compact checkpoint's discriminators are loaded when they fit the stage's ``disc_channels``; after a
+    change of width they start afresh (logged), and the generator still resumes."""
+    gan = replace(GAN, steps=3, disc_channels=8)
+    tr = Trainer(_cfg(manifest, [gan]), tmp_path / "run", progress=False)
+    tr.run(max_minutes=0.0)
+    compact = tmp_path / "run" / "compact"
+    saved = {k: v.clone() for k, v in tr.discs.state_dict().items()}
+    same = Trainer(_cfg(manifest, [gan]), tmp_path / "same", progress=False)
+    same.load(compact)
+    assert same.discs.channels == 8 and same._discs_loaded
+    for k, v in same.discs.state_dict().items():  # stored as fp16
+        torch.testing.assert_close(v, saved[k], rtol=1e-3, atol=1e-3, msg=k)
+    wider = Trainer(_cfg(manifest, [replace(gan, disc_channels=12)]), tmp_path / "wider", progress=False)
+    with caplog.at_level("WARNING"):
+        assert wider.run(resume=compact) is True
+    assert wider.discs.channels == 12 and not wider._discs_loaded and "start afresh" in caplog.text
+    with pytest.raises(ConfigError, match="disc_channels"):
+        replace(gan, disc_channels=0).validate("stage")
+
+
 def test_resume_from_nothing_is_a_clear_error(tmp_path, manifest):
     tr = Trainer(_cfg(manifest, [E2E]), tmp_path / "run", progress=False)
     with pytest.raises(FileNotFoundError, match="nothing|no last.pt"):

@@ -104,6 +104,7 @@ class StageConfig:
     adv_weight: float = 1.0
     fm_weight: float = 2.0
     disc_lr: float | None = None  # None = lr
+    disc_channels: int = 32  # discriminator width: first layer's channels, doubling per layer (capped at 512)
     disc_start: int = 0  # generator-only steps before the discriminators join
     freeze: tuple[str, ...] = ()  # extra parts to freeze: encoder, compressor, decompressor, decoder
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to ``lr`` (slower for a pretrained one)
@@ -113,6 +114,8 @@ class StageConfig:
             raise ConfigError(f"{where}: kind must be one of {STAGE_KINDS}, got {self.kind!r}")
         if self.steps < 1 or self.lr <= 0:
             raise ConfigError(f"{where}: steps must be >= 1 and lr > 0")
+        if self.disc_channels < 1:
+            raise ConfigError(f"{where}: disc_channels must be >= 1, got {self.disc_channels}")
         bad = set(self.freeze) - {"encoder", "compressor", "decompressor", "decoder"}
         if bad:
             raise ConfigError(f"{where}: unknown parts in freeze: {sorted(bad)}")

@@ -77,6 +77,7 @@ class Discriminators(nn.Module):
     def __init__(self, periods: tuple[int, ...] = (2, 3, 5, 7, 11), ffts: tuple[int, ...] = (512, 1024, 2048),
                  channels: int = 32) -> None:
         super().__init__()
+        self.channels = channels
         self.discs = nn.ModuleList([PeriodDiscriminator(p, channels) for p in periods]
                                    + [ResolutionDiscriminator(n, channels) for n in ffts])
 

@@ -133,6 +133,7 @@ class Trainer:
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
         self.discs: Discriminators | None = None
+        self._discs_loaded = False
         self.opt: torch.optim.Optimizer | None = None
         self.opt_d: torch.optim.Optimizer | None = None
         self.pos = Position()
@@ -172,8 +173,8 @@ class Trainer:
         self.model.train()
         self.opt = torch.optim.AdamW(groups, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay)
         if st.adversarial:
-            if self.discs is None:
-                self.discs = Discriminators().to(self.device)
+            if self.discs is None or self.discs.channels != st.disc_channels:
+                self.discs = Discriminators(channels=st.disc_channels).to(self.device)
             self.opt_d = torch.optim.AdamW(self.discs.parameters(), lr=st.disc_lr or st.lr, betas=st.betas,
                                            weight_decay=st.weight_decay)
         else:
@@ -353,6 +354,19 @@ class Trainer:
         stage that turns out worse (a GAN stage cut short, say) does not cost the earlier result."""
         self.model.save_pretrained(self.out / "stages" / name, dtype=torch.float16)
 
+    def _load_discs(self, weights: dict[str, Tensor], where: Path) -> None:
+        """Discriminator weights from a checkpoint, unless this stage has none or they have another width
+        (``disc_channels`` changed): then its discriminators start afresh (logged)."""
+        self._discs_loaded = False
+        if self.discs is None:
+            return
+        own = self.discs.state_dict()
+        if own.keys() != weights.keys() or any(own[k].shape != v.shape for k, v in weights.items()):
+            log.warning("%s: discriminators of another shape (disc_channels changed?): they start afresh", where)
+            return
+        self.discs.load_state_dict(weights)
+        self._discs_loaded = True
+
     def load(self, path: str | Path) -> None:
         """Resume from ``last.pt`` or a compact folder (see the module docstring)."""
         p = Path(path)
@@ -363,8 +377,8 @@ class Trainer:
             self.pos = Position(**state["position"])
             self.model.load_state_dict(state["model"])
             self._setup_stage()
-            if state.get("discs") is not None and self.discs is not None:
-                self.discs.load_state_dict(state["discs"])
+            if state.get("discs") is not None:
+                self._load_discs(state["discs"], p)
             if state.get("opt"):
                 scales = [g["lr_scale"] for g in self.opt.param_groups]
                 try:
@@ -374,7 +388,7 @@ class Trainer:
                 except ValueError as e:
                     log.warning("optimiser state does not fit this stage's parameter groups (%s): restarted", e)
                     self.pos.rewarm_from = self.pos.step
-            if state.get("opt_d") and self.opt_d is not None:
+            if state.get("opt_d") and self.opt_d is not None and self._discs_loaded:
                 self.opt_d.load_state_dict(state["opt_d"])
             for k, s in state.get("samplers", {}).items():
                 self._sampler(int(k)).rng.bit_generator.state = s
@@ -394,9 +408,9 @@ class Trainer:
         weights = load_file(str(compact / "model.safetensors"))
         self.model.load_state_dict({k: v.float() for k, v in weights.items()})
         self._setup_stage()
-        if self.discs is not None and (compact / "discriminators.safetensors").exists():
+        if (compact / "discriminators.safetensors").exists():
             dw = load_file(str(compact / "discriminators.safetensors"))
-            self.discs.load_state_dict({k: v.float() for k, v in dw.items()})
+            self._load_discs({k: v.float() for k, v in dw.items()}, compact)
         self.pos.rewarm_from = self.pos.step
         log.info("resumed from compact checkpoint %s at stage %d step %d (optimiser restarted with warm-up)",
                  compact, self.pos.stage, self.pos.step)
