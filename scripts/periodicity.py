@@ -3,6 +3,9 @@
 For each 40 ms frame (20 ms hop) of the 16 kHz signal, the peak of the normalised autocorrelation over
 pitch lags 2.5-17 ms (400-60 Hz); averaged over the frames the original has voiced (peak > 0.6, not
 silent). A decoder that excites voiced speech with noise scores near 0.2, natural speech near 0.85.
+Also the frame-rate buzz of the decoded speech at the decoder's rate (``frame_position_modulation``: how
+unevenly energy is spread over the sample positions of its frames; natural speech ~0.1, a decoder that
+gives every frame the same energy shape ~1).
 
     .venv/bin/python scripts/periodicity.py MODEL [CLIP ...]   (clips relative to ../shared/data/librispeech)
 """
@@ -18,6 +21,7 @@ import soxr
 import torch
 
 from codec.pretrained import load_pretrained
+from codec.training.losses import frame_position_modulation
 
 DEFAULT_CLIPS = ("test-other/1688/1688-142285-0000.flac", "test-other/2033/2033-164914-0000.flac")
 
@@ -42,7 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_pretrained(args.model).eval()
-    orig, dec, count = [], [], 0
+    orig, dec, count, buzz = [], [], 0, []
+    hop = model.output_chunk_size // model.tokens_per_chunk
     for clip in args.clips:
         x, sr = sf.read(Path(args.root) / clip, dtype="float32")
         if sr != 16000:
@@ -50,6 +55,7 @@ def main() -> None:
         x = x[: int(16000 * args.seconds)]
         with torch.inference_mode():
             y = model.sig_to_sig(torch.from_numpy(x)[None])[0].numpy()
+        buzz.append(float(frame_position_modulation(torch.from_numpy(y), hop)))
         y = soxr.resample(y, model.config.sample_rate_output, 16000)[: len(x)]
         po, eo = periodicity(x)
         pd, _ = periodicity(y)
@@ -59,7 +65,8 @@ def main() -> None:
         dec.append(pd[:k][voiced])
         count += int(voiced.sum())
     print(f"{args.model}: voiced-frame periodicity original {np.concatenate(orig).mean():.3f} "
-          f"decoded {np.concatenate(dec).mean():.3f} ({count} voiced frames)")
+          f"decoded {np.concatenate(dec).mean():.3f} ({count} voiced frames); "
+          f"frame-position modulation {np.mean(buzz):.2f}")
 
 
 if __name__ == "__main__":

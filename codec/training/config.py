@@ -87,6 +87,10 @@ class StageConfig:
     mel_weight: float = 45.0
     stft_weight: float = 1.0  # log-magnitude L1 + spectral convergence
     phase_weight: float = 0.0  # instantaneous-frequency + group-delay agreement (losses.PhaseDerivativeLoss)
+    # FFT sizes (samples at the output rate, hop = n/4) of the mel and STFT losses. A decoder that writes
+    # each frame (hop_length samples) at once needs windows shorter than a frame: longer ones cannot see
+    # how the energy is spread inside it, and a frame-locked modulation (a buzz at the frame rate) goes free.
+    loss_ffts: tuple[int, ...] = (512, 1024, 2048)
     # The WavLM-style encoder is blind to the input's level (bias-free conv, then LayerNorm per frame), so a
     # decoded crop's level is a guess and its log-spectral error is noise the model cannot reduce. With
     # ``level_invariant`` the waveform losses compare the prediction scaled to the target's RMS (per crop),
@@ -114,6 +118,8 @@ class StageConfig:
             raise ConfigError(f"{where}: kind must be one of {STAGE_KINDS}, got {self.kind!r}")
         if self.steps < 1 or self.lr <= 0:
             raise ConfigError(f"{where}: steps must be >= 1 and lr > 0")
+        if not self.loss_ffts or any(int(n) != n or n < 16 for n in self.loss_ffts):
+            raise ConfigError(f"{where}: loss_ffts must be FFT sizes >= 16, got {list(self.loss_ffts)}")
         if self.disc_channels < 1:
             raise ConfigError(f"{where}: disc_channels must be >= 1, got {self.disc_channels}")
         bad = set(self.freeze) - {"encoder", "compressor", "decompressor", "decoder"}

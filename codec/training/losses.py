@@ -83,6 +83,19 @@ class MultiResolutionLoss(nn.Module):
         return mel_total / k, stft_total / k
 
 
+def frame_position_modulation(x: Tensor, hop: int) -> Tensor:
+    """How unevenly a decoder spreads energy over the positions inside its frames: (B, T) -> scalar.
+
+    The coefficient of variation, over the ``hop`` sample positions of a frame, of the mean energy at each
+    position (averaged over all frames of the batch). Natural audio is close to 0 (only the estimate's own
+    noise); a decoder that gives every frame the same energy shape scores near 1, heard as a buzz at the
+    frame rate (``rate / hop`` Hz).
+    """
+    n = x.shape[-1] // hop * hop
+    e = x[..., :n].reshape(-1, hop).pow(2).mean(0)
+    return e.std() / e.mean().clamp_min(1e-12)
+
+
 class PhaseDerivativeLoss(nn.Module):
     """Magnitude-weighted cosine loss on the STFT phase derivatives, blind to a constant phase offset.
 

@@ -45,6 +45,7 @@ from .losses import (
     PhaseDerivativeLoss,
     bsq_entropy_loss,
     feature_matching_loss,
+    frame_position_modulation,
     hinge_d_loss,
     hinge_g_loss,
     straight_through,
@@ -128,8 +129,8 @@ class Trainer:
         self.model.to(self.device)
         self.rate_out = cfg.model.sample_rate_output
         # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
-        self.spec_loss = MultiResolutionLoss(self.rate_out, fmax=self.rate_out / 2,
-                                             band_limit=min(SR, self.rate_out) / 2).to(self.device)
+        self._spec_losses: dict[tuple[int, ...], MultiResolutionLoss] = {}
+        self.spec_loss = self._spec_loss_at(StageConfig.loss_ffts)  # validation: the same scale for every stage
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
         self.discs: Discriminators | None = None
@@ -181,6 +182,15 @@ class Trainer:
             self.opt_d = None
         log.info("stage %s (%s): %d steps, training %s (%.2f M parameters)", st.name, st.kind, st.steps,
                  ", ".join(parts), sum(p.numel() for p in params) / 1e6)
+
+    def _spec_loss_at(self, ffts: tuple[int, ...]) -> MultiResolutionLoss:
+        """The mel + STFT loss at these FFT sizes (built once per set)."""
+        key = tuple(int(n) for n in ffts)
+        if key not in self._spec_losses:
+            # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
+            self._spec_losses[key] = MultiResolutionLoss(self.rate_out, ffts=key, fmax=self.rate_out / 2,
+                                                         band_limit=min(SR, self.rate_out) / 2).to(self.device)
+        return self._spec_losses[key]
 
     # ------------------------------------------------------------------ one step
     def _codec_path(self, sig: Tensor, st: StageConfig, grad_encoder: bool) -> dict[str, Tensor]:
@@ -250,7 +260,7 @@ class Trainer:
                 lvl = torch.log(ratio).abs().mean()
                 loss = loss + st.level_weight * lvl
                 logs["level"] = float(lvl.detach())
-            mel, stft = self.spec_loss(scaled, target)
+            mel, stft = self._spec_loss_at(st.loss_ffts)(scaled, target)
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
@@ -313,11 +323,12 @@ class Trainer:
         mel, stft = self.spec_loss(rec, y)
         mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
+        frame_mod = frame_position_modulation(rec, self.model.output_chunk_size // self.model.tokens_per_chunk)
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
         return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li),
-                "val_phase": float(phase), "val_bit_usage": float(usage),
+                "val_phase": float(phase), "val_frame_mod": float(frame_mod), "val_bit_usage": float(usage),
                 "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
 
     # ------------------------------------------------------------------ checkpoints
