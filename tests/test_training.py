@@ -58,7 +58,7 @@ def _cfg(manifest: Path, stages: list[StageConfig], **kw) -> TrainConfig:
 
 E2E = StageConfig(name="e2e", kind="e2e", steps=3, lr=1e-3, warmup_steps=1, mel_weight=1.0, commit_weight=0.02)
 GAN = StageConfig(name="gan", kind="decoder", steps=2, lr=1e-4, warmup_steps=1, adversarial=True, segment_chunks=3,
-                  phase_weight=1.0, loss_ffts=(64, 256, 1024))
+                  phase_weight=1.0, loss_ffts=(64, 256, 1024), frame_mod_weight=1.0)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -169,9 +169,15 @@ def test_frame_locked_modulation_is_seen_only_by_windows_shorter_than_a_frame():
     g = torch.Generator().manual_seed(0)
     target, plain, carrier = (torch.randn(4, 24000, generator=g) * 0.1 for _ in range(3))
     shape = torch.hann_window(480, periodic=True).repeat(50)  # a fixed envelope per 20 ms frame
-    buzz = carrier * shape / shape.pow(2).mean().sqrt()  # same power as the plain noise
+    env = shape / shape.pow(2).mean().sqrt()
+    buzz = carrier * env  # same power as the plain noise
     assert float(frame_position_modulation(plain, 480)) < 0.2  # the estimate's noise over 200 frames: ~0.1
     assert float(frame_position_modulation(buzz, 480)) > 0.5
+    # as a loss it pulls every position's energy to the mean
+    x = buzz.clone().requires_grad_(True)
+    frame_position_modulation(x, 480).backward()
+    step = -x.grad * torch.sign(x.detach())  # d energy at each position: negative where there is too much
+    assert float((step * (env > 1.2)).sum()) < 0 < float((step * (env < 0.8)).sum())
     long, short = MultiResolutionLoss(24000, ffts=(2048,)), MultiResolutionLoss(24000, ffts=(64, 128))
     assert float(long(buzz, target)[0]) < 1.2 * float(long(plain, target)[0])
     assert float(short(buzz, target)[0]) > 2 * float(short(plain, target)[0])
@@ -288,7 +294,7 @@ def test_stages_train_only_their_parts(tmp_path, manifest):
     assert [r["stage"] for r in log].count("e2e") == 3
     gan = [r for r in log if r["stage"] == "gan"]
     assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "phase", "val_mel", "val_phase",
-                                              "val_frame_mod"))
+                                              "frame_mod", "val_frame_mod"))
     # the stage's own loss resolutions; validation keeps the default ones, comparable across stages
     assert set(tr._spec_losses) == {(512, 1024, 2048), (64, 256, 1024)}
     assert tr.spec_loss.ffts == (512, 1024, 2048)

@@ -91,6 +91,9 @@ class StageConfig:
     # each frame (hop_length samples) at once needs windows shorter than a frame: longer ones cannot see
     # how the energy is spread inside it, and a frame-locked modulation (a buzz at the frame rate) goes free.
     loss_ffts: tuple[int, ...] = (512, 1024, 2048)
+    # weight of losses.frame_position_modulation of the generated batch: pulls the mean energy at every sample
+    # position of a frame to the same level (natural audio: ~0.1 over a batch of 256 frames)
+    frame_mod_weight: float = 0.0
     # The WavLM-style encoder is blind to the input's level (bias-free conv, then LayerNorm per frame), so a
     # decoded crop's level is a guess and its log-spectral error is noise the model cannot reduce. With
     # ``level_invariant`` the waveform losses compare the prediction scaled to the target's RMS (per crop),

@@ -264,6 +264,10 @@ class Trainer:
             loss = loss + st.mel_weight * mel + st.stft_weight * stft
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
+            if st.frame_mod_weight > 0:
+                fmod = frame_position_modulation(scaled, self.model.output_chunk_size // self.model.tokens_per_chunk)
+                loss = loss + st.frame_mod_weight * fmod
+                logs["frame_mod"] = float(fmod.detach())
             if st.phase_weight > 0:
                 ph = self.phase_loss(scaled, target)
                 loss = loss + st.phase_weight * ph
