@@ -5,7 +5,8 @@ pitch lags 2.5-17 ms (400-60 Hz); averaged over the frames the original has voic
 silent). A decoder that excites voiced speech with noise scores near 0.2, natural speech near 0.85.
 Also the frame-rate buzz of the decoded speech at the decoder's rate (``frame_position_modulation``: how
 unevenly energy is spread over the sample positions of its frames; natural speech ~0.1, a decoder that
-gives every frame the same energy shape ~1).
+gives every frame the same energy shape ~1) and the share of its energy that is one waveform repeated every
+frame (``frame_locked_share``: ~1/frames for speech).
 
     .venv/bin/python scripts/periodicity.py MODEL [CLIP ...]   (clips relative to ../shared/data/librispeech)
 """
@@ -21,7 +22,7 @@ import soxr
 import torch
 
 from codec.pretrained import load_pretrained
-from codec.training.losses import frame_position_modulation
+from codec.training.losses import frame_locked_share, frame_position_modulation
 
 DEFAULT_CLIPS = ("test-other/1688/1688-142285-0000.flac", "test-other/2033/2033-164914-0000.flac")
 
@@ -46,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_pretrained(args.model).eval()
-    orig, dec, count, buzz = [], [], 0, []
+    orig, dec, count, buzz, locked = [], [], 0, [], []
     hop = model.output_chunk_size // model.tokens_per_chunk
     for clip in args.clips:
         x, sr = sf.read(Path(args.root) / clip, dtype="float32")
@@ -56,6 +57,7 @@ def main() -> None:
         with torch.inference_mode():
             y = model.sig_to_sig(torch.from_numpy(x)[None])[0].numpy()
         buzz.append(float(frame_position_modulation(torch.from_numpy(y), hop)))
+        locked.append(float(frame_locked_share(torch.from_numpy(y), hop)))
         y = soxr.resample(y, model.config.sample_rate_output, 16000)[: len(x)]
         po, eo = periodicity(x)
         pd, _ = periodicity(y)
@@ -66,7 +68,7 @@ def main() -> None:
         count += int(voiced.sum())
     print(f"{args.model}: voiced-frame periodicity original {np.concatenate(orig).mean():.3f} "
           f"decoded {np.concatenate(dec).mean():.3f} ({count} voiced frames); "
-          f"frame-position modulation {np.mean(buzz):.2f}")
+          f"frame-position modulation {np.mean(buzz):.2f}, frame-locked share {np.mean(locked):.3f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from codec.training.losses import (
     PhaseDerivativeLoss,
     bsq_entropy_loss,
     feature_matching_loss,
+    frame_locked_share,
     frame_position_modulation,
     hinge_d_loss,
     hinge_g_loss,
@@ -183,6 +184,21 @@ def test_frame_locked_modulation_is_seen_only_by_windows_shorter_than_a_frame():
     assert float(short(buzz, target)[0]) > 2 * float(short(plain, target)[0])
 
 
+def test_frame_locked_share_finds_a_waveform_repeated_every_frame():
+    g = torch.Generator().manual_seed(1)
+    plain = torch.randn(4, 24000, generator=g) * 0.1  # 200 frames of 480 samples
+    pulse = torch.randn(480, generator=g) * 0.1
+    level = torch.rand(4, 50, 1, generator=g) + 0.5  # the same shape every frame, at varying positive level
+    locked = (level * pulse).reshape(4, 24000)
+    assert float(frame_locked_share(plain, 480)) < 3 / 200
+    assert float(frame_locked_share(locked, 480)) > 0.9
+    assert 0.3 < float(frame_locked_share(plain + locked, 480)) < 0.7
+    # as a loss it removes the repeated waveform, not the rest
+    x = (plain + locked).clone().requires_grad_(True)
+    frame_locked_share(x, 480).backward()
+    assert float(torch.nn.functional.cosine_similarity(x.grad.reshape(-1, 480).mean(0), pulse, dim=0)) > 0.9
+
+
 def test_band_limited_loss_ignores_the_empty_band_but_wants_it_silent():
     torch.manual_seed(0)
     spec = torch.fft.rfft(torch.randn(2, 24000) * 0.1)
@@ -294,7 +310,7 @@ def test_stages_train_only_their_parts(tmp_path, manifest):
     assert [r["stage"] for r in log].count("e2e") == 3
     gan = [r for r in log if r["stage"] == "gan"]
     assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "phase", "val_mel", "val_phase",
-                                              "frame_mod", "val_frame_mod"))
+                                              "frame_mod", "frame_locked", "val_frame_mod", "val_frame_locked"))
     # the stage's own loss resolutions; validation keeps the default ones, comparable across stages
     assert set(tr._spec_losses) == {(512, 1024, 2048), (64, 256, 1024)}
     assert tr.spec_loss.ffts == (512, 1024, 2048)

@@ -91,8 +91,9 @@ class StageConfig:
     # each frame (hop_length samples) at once needs windows shorter than a frame: longer ones cannot see
     # how the energy is spread inside it, and a frame-locked modulation (a buzz at the frame rate) goes free.
     loss_ffts: tuple[int, ...] = (512, 1024, 2048)
-    # weight of losses.frame_position_modulation of the generated batch: pulls the mean energy at every sample
-    # position of a frame to the same level (natural audio: ~0.1 over a batch of 256 frames)
+    # weight of the frame-grid terms of the generated batch: losses.frame_position_modulation (pulls the mean
+    # energy at every sample position of a frame to the same level; audio ~0.1 over a batch of 256 frames)
+    # plus losses.frame_locked_share (the share of one waveform repeated every frame; audio ~1/256)
     frame_mod_weight: float = 0.0
     # The WavLM-style encoder is blind to the input's level (bias-free conv, then LayerNorm per frame), so a
     # decoded crop's level is a guess and its log-spectral error is noise the model cannot reduce. With

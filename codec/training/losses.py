@@ -96,6 +96,19 @@ def frame_position_modulation(x: Tensor, hop: int) -> Tensor:
     return e.std() / e.mean().clamp_min(1e-12)
 
 
+def frame_locked_share(x: Tensor, hop: int) -> Tensor:
+    """Share of a signal's energy that is one fixed waveform repeated every frame: (B, T) -> scalar.
+
+    The energy of the mean frame (the average, over all frames of the batch, of the samples at each of the
+    ``hop`` positions) over the mean energy. Audio unrelated to the frame grid scores about 1 / frames (the
+    estimate's noise); a decoder that adds the same waveform to every frame, a pulse train at
+    ``rate / hop`` Hz, scores up to 1.
+    """
+    n = x.shape[-1] // hop * hop
+    frames = x[..., :n].reshape(-1, hop)
+    return frames.mean(0).pow(2).mean() / frames.pow(2).mean().clamp_min(1e-12)
+
+
 class PhaseDerivativeLoss(nn.Module):
     """Magnitude-weighted cosine loss on the STFT phase derivatives, blind to a constant phase offset.
 

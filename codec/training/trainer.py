@@ -45,6 +45,7 @@ from .losses import (
     PhaseDerivativeLoss,
     bsq_entropy_loss,
     feature_matching_loss,
+    frame_locked_share,
     frame_position_modulation,
     hinge_d_loss,
     hinge_g_loss,
@@ -265,9 +266,11 @@ class Trainer:
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
             if st.frame_mod_weight > 0:
-                fmod = frame_position_modulation(scaled, self.model.output_chunk_size // self.model.tokens_per_chunk)
-                loss = loss + st.frame_mod_weight * fmod
+                hop = self.model.output_chunk_size // self.model.tokens_per_chunk
+                fmod, locked = frame_position_modulation(scaled, hop), frame_locked_share(scaled, hop)
+                loss = loss + st.frame_mod_weight * (fmod + locked)
                 logs["frame_mod"] = float(fmod.detach())
+                logs["frame_locked"] = float(locked.detach())
             if st.phase_weight > 0:
                 ph = self.phase_loss(scaled, target)
                 loss = loss + st.phase_weight * ph
@@ -327,12 +330,14 @@ class Trainer:
         mel, stft = self.spec_loss(rec, y)
         mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
-        frame_mod = frame_position_modulation(rec, self.model.output_chunk_size // self.model.tokens_per_chunk)
+        hop = self.model.output_chunk_size // self.model.tokens_per_chunk
+        frame_mod, locked = frame_position_modulation(rec, hop), frame_locked_share(rec, hop)
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
         return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li),
-                "val_phase": float(phase), "val_frame_mod": float(frame_mod), "val_bit_usage": float(usage),
+                "val_phase": float(phase), "val_frame_mod": float(frame_mod), "val_frame_locked": float(locked),
+                "val_bit_usage": float(usage),
                 "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
 
     # ------------------------------------------------------------------ checkpoints
