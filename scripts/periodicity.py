@@ -48,16 +48,17 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_pretrained(args.model).eval()
     orig, dec, count, buzz, locked = [], [], 0, [], []
-    hop = model.output_chunk_size // model.tokens_per_chunk
+    hop = model.config.decoder_config.hop_length  # samples the decoder writes per frame
     for clip in args.clips:
         x, sr = sf.read(Path(args.root) / clip, dtype="float32")
         if sr != 16000:
             x = soxr.resample(x, sr, 16000).astype(np.float32)
         x = x[: int(16000 * args.seconds)]
         with torch.inference_mode():
-            y = model.sig_to_sig(torch.from_numpy(x)[None])[0].numpy()
-        buzz.append(float(frame_position_modulation(torch.from_numpy(y), hop)))
-        locked.append(float(frame_locked_share(torch.from_numpy(y), hop)))
+            yt = model.sig_to_sig(torch.from_numpy(x)[None])[0]
+        buzz.append(float(frame_position_modulation(yt, hop)))
+        locked.append(float(frame_locked_share(yt, hop)))
+        y = yt.numpy()
         y = soxr.resample(y, model.config.sample_rate_output, 16000)[: len(x)]
         po, eo = periodicity(x)
         pd, _ = periodicity(y)

@@ -83,6 +83,11 @@ class MultiResolutionLoss(nn.Module):
         return mel_total / k, stft_total / k
 
 
+def _frames(x: Tensor, hop: int) -> Tensor:
+    """Every whole ``hop``-sample frame of a batch, on the decoder's frame grid: (B, T) -> (B * (T // hop), hop)."""
+    return x[..., : x.shape[-1] // hop * hop].reshape(-1, hop)
+
+
 def frame_position_modulation(x: Tensor, hop: int) -> Tensor:
     """How unevenly a decoder spreads energy over the positions inside its frames: (B, T) -> scalar.
 
@@ -91,8 +96,7 @@ def frame_position_modulation(x: Tensor, hop: int) -> Tensor:
     noise); a decoder that gives every frame the same energy shape scores near 1, heard as a buzz at the
     frame rate (``rate / hop`` Hz).
     """
-    n = x.shape[-1] // hop * hop
-    e = x[..., :n].reshape(-1, hop).pow(2).mean(0)
+    e = _frames(x, hop).pow(2).mean(0)
     return e.std() / e.mean().clamp_min(1e-12)
 
 
@@ -104,8 +108,7 @@ def frame_locked_share(x: Tensor, hop: int) -> Tensor:
     estimate's noise); a decoder that adds the same waveform to every frame, a pulse train at
     ``rate / hop`` Hz, scores up to 1.
     """
-    n = x.shape[-1] // hop * hop
-    frames = x[..., :n].reshape(-1, hop)
+    frames = _frames(x, hop)
     return frames.mean(0).pow(2).mean() / frames.pow(2).mean().clamp_min(1e-12)
 
 

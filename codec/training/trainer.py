@@ -129,7 +129,7 @@ class Trainer:
                      "initialisation)", len(usable), len(own), init_from)
         self.model.to(self.device)
         self.rate_out = cfg.model.sample_rate_output
-        # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
+        self.frame_hop = cfg.model.decoder_config.hop_length  # samples the decoder writes per frame
         self._spec_losses: dict[tuple[int, ...], MultiResolutionLoss] = {}
         self.spec_loss = self._spec_loss_at(StageConfig.loss_ffts)  # validation: the same scale for every stage
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
@@ -266,8 +266,8 @@ class Trainer:
             logs["mel"] = float(mel.detach())
             logs["stft"] = float(stft.detach())
             if st.frame_mod_weight > 0:
-                hop = self.model.output_chunk_size // self.model.tokens_per_chunk
-                fmod, locked = frame_position_modulation(scaled, hop), frame_locked_share(scaled, hop)
+                fmod = frame_position_modulation(scaled, self.frame_hop)
+                locked = frame_locked_share(scaled, self.frame_hop)
                 loss = loss + st.frame_mod_weight * (fmod + locked)
                 logs["frame_mod"] = float(fmod.detach())
                 logs["frame_locked"] = float(locked.detach())
@@ -330,8 +330,7 @@ class Trainer:
         mel, stft = self.spec_loss(rec, y)
         mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
-        hop = self.model.output_chunk_size // self.model.tokens_per_chunk
-        frame_mod, locked = frame_position_modulation(rec, hop), frame_locked_share(rec, hop)
+        frame_mod, locked = frame_position_modulation(rec, self.frame_hop), frame_locked_share(rec, self.frame_hop)
         toks = self.model.lats_to_toks(lats)
         _, usage = bsq_entropy_loss(lats)
         self.model.train(was)
