@@ -9,11 +9,20 @@ in the STFT domain (512-point, 8 ms hop) and every version is transcribed (faste
   original's energy in ``--bands`` mel bands (a smooth envelope: 20 bands do not resolve harmonics), i.e.
   the original's harmonics and phase shaped by the codec's envelope;
 * ``codec magnitude + orig phase``: the codec's STFT magnitudes with the original's phase;
+* ``oracle-pitch harmonics + codec envelope``: a synthetic excitation (harmonics of the original's pitch
+  from pYIN where voiced, white noise where not) shaped by the codec's envelope; unlike the original
+  excitation it brings no spectral detail of its own inside a band;
+* ``oracle-pitch harmonics + orig envelope``: the same excitation under the original's envelope (the
+  ceiling of this synthesis);
 * with ``--continuous``, ``unquantised``: the decoder fed the compressor's continuous latents instead of
   the binary codes (the quantiser's share of the loss).
 
-A codec whose envelope row transcribes well but whose own output does not has the content and lacks the
-excitation: its decoder is what to train. Needs the eval extra (``pip install -e ".[eval]"``).
+Read the rows together. The original excitation carries the original's spectrum inside each band, so
+``orig excitation + codec envelope`` transcribing well shows only that the codec's band energies are
+right; whether the codec's envelope holds the phonetic detail is what the harmonic rows tell: when the
+synthetic excitation transcribes well under the original's envelope and badly under the codec's, the
+content is missing from the codec's spectrum, not only its excitation. Needs the eval extra
+(``pip install -e ".[eval]"``).
 
     .venv/bin/python scripts/where_lost.py MODEL [--limit 10] [--bands 20] [--continuous]
 """
@@ -58,6 +67,23 @@ def phase_transfer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return _istft(sy.abs() * torch.exp(1j * sx.angle()), len(x))
 
 
+def harmonic_excitation(x: np.ndarray, sr: int = 16000, fmin: float = 60.0, fmax: float = 400.0) -> np.ndarray:
+    """A flat-spectrum excitation at x's pitch: harmonics below sr/2 where pYIN finds voicing, white noise
+    elsewhere (cross-faded per sample), (T,) -> (T,) float32, unit power. Deterministic (seeded noise)."""
+    f0, voiced, _ = librosa.pyin(x, fmin=fmin, fmax=fmax, sr=sr, frame_length=1024, hop_length=HOP)
+    t = np.arange(len(x)) / HOP
+    frames = np.arange(len(f0))
+    f0s = np.interp(t, frames, np.nan_to_num(f0, nan=0.0))
+    v = np.interp(t, frames, voiced.astype(np.float64)) * 0.9  # voiced frames keep a little noise
+    f0s = np.where(f0s > 0, f0s, 100.0)
+    phase = 2 * np.pi * np.cumsum(f0s / sr)
+    k = np.arange(1, int(sr / 2 / fmin) + 1)[:, None]  # (K, 1) harmonic numbers
+    below = (k * f0s[None] < sr / 2).astype(np.float32)  # (K, T): harmonics under Nyquist
+    harm = (below * np.sin(k * phase[None])).sum(0) / np.sqrt(below.sum(0).clip(1) / 2)
+    noise = np.random.default_rng(0).standard_normal(len(x))
+    return (np.sqrt(v) * harm + np.sqrt(1 - v) * noise).astype(np.float32)
+
+
 def decode(model, x: np.ndarray, continuous: bool) -> np.ndarray:
     """One-shot encode + decode of x (T,) at 16 kHz -> the model's output rate; ``continuous``: skip the BSQ."""
     sig = torch.from_numpy(np.pad(x, (0, -len(x) % model.chunk_size)))[None]
@@ -93,6 +119,9 @@ def main() -> None:
             if name == "codec":
                 versions["orig excitation + codec envelope"] = (ref, envelope_transfer(ref, y, args.bands))
                 versions["codec magnitude + orig phase"] = (ref, phase_transfer(ref, y))
+                e = harmonic_excitation(ref)
+                versions["oracle-pitch harmonics + codec envelope"] = (ref, envelope_transfer(e, y, args.bands))
+                versions["oracle-pitch harmonics + orig envelope"] = (ref, envelope_transfer(e, ref, args.bands))
         for name, (ref, z) in versions.items():
             refs, hyps, stois = rows.setdefault(name, ([], [], []))
             refs.append(u.transcript or "")

@@ -222,3 +222,54 @@ def test_packaged_evaluator_models_work_offline(clip, monkeypatch):
     assert dm(clip) > dm(_noise(len(clip)))
     dn = M.DNSMOS()
     assert 1.0 <= dn(clip) <= 5.0
+
+
+# ------------------------------------------------------------------------- scripts/where_lost.py recombinations
+
+def _where_lost():
+    pytest.importorskip("librosa")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "where_lost.py"
+    spec = importlib.util.spec_from_file_location("where_lost", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_harmonic_excitation_follows_the_pitch_and_is_flat():
+    wl = _where_lost()
+    sr, f0 = 16000, 140.0
+    t = np.arange(sr) / sr
+    voiced = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 20)).astype(np.float32)  # 1 s buzz
+    x = np.concatenate([voiced, _noise(sr // 2, seed=1)]) * 0.1
+    e = wl.harmonic_excitation(x, sr)
+    assert e.shape == x.shape and e.dtype == np.float32
+    lag = round(sr / f0)
+
+    def acf(v, k):  # normalised autocorrelation at lag k
+        return float(v[:-k] @ v[k:] / np.sqrt((v[:-k] @ v[:-k]) * (v[k:] @ v[k:])))
+
+    v = e[2000:14000]
+    assert max(acf(v, k) for k in range(lag - 2, lag + 3)) > 0.7  # periodic at the pitch
+    spec = np.abs(np.fft.rfft(v * np.hanning(len(v)))) ** 2
+    f = np.fft.rfftfreq(len(v), 1 / sr)
+    low_band = (f > 50) & (f < 400)
+    assert abs(f[low_band][spec[low_band].argmax()] - f0) < 5  # the fundamental, not an octave off
+    low, high = spec[(f > 100) & (f < 2000)].mean(), spec[(f > 4000) & (f < 7500)].mean()
+    assert 0.25 < high / low < 4  # flat: every harmonic at one amplitude, whatever the input's tilt
+    tail = e[sr + 2000:]  # unvoiced: noise, no periodicity
+    assert max(abs(acf(tail, k)) for k in range(lag - 2, lag + 3)) < 0.2
+
+
+def test_envelope_transfer_takes_the_band_energies_of_the_second_signal(clip):
+    wl = _where_lost()
+    e = _noise(len(clip), seed=2)
+    z = wl.envelope_transfer(e, clip, bands=20)
+    assert z.shape == clip.shape
+    bz = M.band_log_spectra(z, n_bands=20)
+    bc = M.band_log_spectra(clip, n_bands=20)
+    loud = bc > bc.max() - 9  # natural log: the speech's band energies within ~40 dB of its peak
+    assert np.median(np.abs(bz - bc)[loud]) < 1.0
+    assert np.median(np.abs(M.band_log_spectra(e, n_bands=20) - bc)[loud]) > 1.5  # far before the transfer
