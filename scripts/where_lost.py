@@ -78,8 +78,10 @@ def harmonic_excitation(x: np.ndarray, sr: int = 16000, fmin: float = 60.0, fmax
     f0s = np.where(f0s > 0, f0s, 100.0)
     phase = 2 * np.pi * np.cumsum(f0s / sr)
     k = np.arange(1, int(sr / 2 / fmin) + 1)[:, None]  # (K, 1) harmonic numbers
-    below = (k * f0s[None] < sr / 2).astype(np.float32)  # (K, T): harmonics under Nyquist
-    harm = (below * np.sin(k * phase[None])).sum(0) / np.sqrt(below.sum(0).clip(1) / 2)
+    harm = np.empty(len(x))
+    for a in range(0, len(x), sr):  # one second at a time: (K, sr) at most
+        below = k * f0s[None, a:a + sr] < sr / 2  # harmonics under Nyquist
+        harm[a:a + sr] = (below * np.sin(k * phase[None, a:a + sr])).sum(0) / np.sqrt(below.sum(0).clip(1) / 2)
     noise = np.random.default_rng(0).standard_normal(len(x))
     return (np.sqrt(v) * harm + np.sqrt(1 - v) * noise).astype(np.float32)
 
