@@ -70,6 +70,14 @@ def test_config_json_round_trip(tmp_path, manifest):
     assert again == cfg
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "codec" / "training" / "configs").glob("*.json")), ids=lambda p: p.stem)
+def test_every_bundled_config_loads(path):
+    cfg = TrainConfig.load(path)  # validates every part and stage
+    assert cfg.stages
+    if path.stem.startswith("small_cpu"):  # the small recipe's variants train the shipped model's architecture
+        assert cfg.model == TrainConfig.load(path.parent / "small_cpu.json").model
+
+
 def test_bundled_config_loads_and_fits_the_shipping_limits():
     cfg = TrainConfig.load(REPO / "codec" / "training" / "configs" / "small_cpu.json")
     from codec.model import FocalCodec
