@@ -226,16 +226,26 @@ def test_packaged_evaluator_models_work_offline(clip, monkeypatch):
 
 # ------------------------------------------------------------------------- scripts/where_lost.py recombinations
 
-def _where_lost():
+def _script(name: str):
+    """scripts/<name>.py as a module (the scripts import each other as run from their folder)."""
     pytest.importorskip("librosa")
     import importlib.util
+    import sys
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "where_lost.py"
-    spec = importlib.util.spec_from_file_location("where_lost", path)
+    folder = Path(__file__).resolve().parents[1] / "scripts"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(folder))
     return mod
+
+
+def _where_lost():
+    return _script("where_lost")
 
 
 def test_harmonic_excitation_follows_the_pitch_and_is_flat():
@@ -273,3 +283,37 @@ def test_envelope_transfer_takes_the_band_energies_of_the_second_signal(clip):
     loud = bc > bc.max() - 9  # natural log: the speech's band energies within ~40 dB of its peak
     assert np.median(np.abs(bz - bc)[loud]) < 1.0
     assert np.median(np.abs(M.band_log_spectra(e, n_bands=20) - bc)[loud]) > 1.5  # far before the transfer
+
+
+def test_content_probe_features_targets_and_training(clip):
+    import torch
+
+    from codec.model import FocalCodec
+    from codec.presets import tiny_config
+
+    cp = _script("content_probe")
+    torch.manual_seed(0)
+    model = FocalCodec(tiny_config(12)).eval()
+    feats, lm = cp.stage_features(model, clip * 7.0)  # the level does not matter: inputs are normalised
+    n = -(-len(clip) // model.chunk_size) * model.tokens_per_chunk
+    assert {k: tuple(v.shape) for k, v in feats.items()} == {
+        "enc": (n, 96), "lat": (n, 12), "q": (n, 96), "mel16": (n, 2 * cp.BANDS)}
+    torch.testing.assert_close(cp.stage_features(model, clip)[1], lm, atol=1e-4, rtol=1e-4)
+    assert lm.min() > -12  # no silent padding frames (log 1e-7 = -16) among the targets
+    rng = np.random.default_rng(0)
+    mean = lm.mean(0)
+    first = cp.train_probe([(feats, lm)], "mel16", 1, mean, rng)[1]
+    probe, last = cp.train_probe([(feats, lm)], "mel16", 60, mean, rng)
+    assert last < first  # it learns
+    with torch.no_grad():
+        assert probe(feats["mel16"]).shape == (n, 2 * cp.BANDS)
+
+
+def test_content_probe_shapes_an_excitation_to_a_log_mel(clip):
+    cp = _script("content_probe")
+    target = cp.log_mel(clip)
+    z = cp.shape_by(_noise(len(clip), seed=3), target)
+    assert z.shape == clip.shape
+    err = (cp.log_mel(z) - target).abs()
+    loud = target > target.max() - 9
+    assert float(err[loud].median()) < 1.0
