@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from codec.evaluation import metrics as M
 from codec.evaluation.harness import read_manifest
 from codec.pretrained import load_pretrained
-from where_lost import harmonic_excitation
+from where_lost import harmonic_excitation, shape_to_band_energies
 
 SR, N_FFT, HOP, BANDS = 16000, 640, 160, 40  # 40 ms window, 10 ms hop: two frames per 20 ms token
 _FB = torch.from_numpy(librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=BANDS, norm=None)).float()  # (BANDS, F)
@@ -54,10 +54,10 @@ def shape_by(e: np.ndarray, lm: Tensor) -> np.ndarray:
     """e (T,) shaped so that its mel energies become ``lm`` (frames, BANDS) -> (T,)."""
     se = _stft(e)
     k = min(se.shape[1], lm.shape[0])
-    gain = torch.ones(BANDS, se.shape[1])
-    gain[:, :k] = torch.sqrt(torch.exp(lm[:k].T) / ((_FB @ se.abs() ** 2)[:, :k] + 1e-9)).clamp(max=1e3)
-    back = _FB.T / _FB.T.sum(1, keepdim=True).clamp_min(1e-8)  # (F, BANDS): each bin's share of the bands
-    return torch.istft(se * (back @ gain), N_FFT, HOP, window=_WIN, length=len(e)).numpy()
+    target = _FB @ se.abs() ** 2 + 1e-9  # frames past the envelope's end keep their own energies
+    target[:, :k] = torch.exp(lm[:k].T)
+    return torch.istft(shape_to_band_energies(se, target, _FB, max_gain=1e3), N_FFT, HOP, window=_WIN,
+                       length=len(e)).numpy()
 
 
 def stage_features(model, x: np.ndarray) -> tuple[dict[str, Tensor], Tensor]:

@@ -51,14 +51,20 @@ def _istft(s: torch.Tensor, n: int) -> np.ndarray:
     return torch.istft(s, N_FFT, HOP, window=torch.hann_window(N_FFT), length=n).numpy()
 
 
+def shape_to_band_energies(sx: torch.Tensor, target: torch.Tensor, fb: torch.Tensor,
+                           max_gain: float = 100.0) -> torch.Tensor:
+    """An STFT sx (F, frames) scaled per band so that its band energies ``fb @ |sx|^2`` (fb: (bands, F))
+    become ``target`` (bands, frames); each bin takes the bands' gains by its share of them -> (F, frames)."""
+    back = fb.T / fb.T.sum(1, keepdim=True).clamp_min(1e-8)  # (F, bands): each bin's share of the bands
+    gain = torch.sqrt(target / (fb @ sx.abs() ** 2 + 1e-9)).clamp(max=max_gain)
+    return sx * (back @ gain)
+
+
 def envelope_transfer(x: np.ndarray, y: np.ndarray, bands: int, sr: int = 16000) -> np.ndarray:
     """x's STFT shaped by y's mel-band envelope: both (T,) at ``sr`` and aligned -> (T,)."""
     fb = torch.from_numpy(librosa.filters.mel(sr=sr, n_fft=N_FFT, n_mels=bands, norm=None)).float()  # (bands, F)
-    back = fb.T / fb.T.sum(1, keepdim=True).clamp_min(1e-8)  # (F, bands): each bin's share of the bands
-    sx, sy = _stft(x), _stft(y)
-    ex, ey = fb @ sx.abs() ** 2, fb @ sy.abs() ** 2  # (bands, frames)
-    gain = torch.sqrt((ey + 1e-9) / (ex + 1e-9)).clamp(max=100.0)
-    return _istft(sx * (back @ gain), len(x))
+    sy = _stft(y)
+    return _istft(shape_to_band_energies(_stft(x), fb @ sy.abs() ** 2 + 1e-9, fb), len(x))
 
 
 def phase_transfer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
