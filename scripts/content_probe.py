@@ -24,17 +24,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import deque
 
 import librosa
 import numpy as np
 import soundfile as sf
 import torch
 from torch import Tensor, nn
+from where_lost import harmonic_excitation, shape_to_band_energies
 
 from codec.evaluation import metrics as M
 from codec.evaluation.harness import read_manifest
 from codec.pretrained import load_pretrained
-from where_lost import harmonic_excitation, shape_to_band_energies
 
 SR, N_FFT, HOP, BANDS = 16000, 640, 160, 40  # 40 ms window, 10 ms hop: two frames per 20 ms token
 _FB = torch.from_numpy(librosa.filters.mel(sr=SR, n_fft=N_FFT, n_mels=BANDS, norm=None)).float()  # (BANDS, F)
@@ -92,7 +93,7 @@ def train_probe(data: list[tuple[dict[str, Tensor], Tensor]], stage: str, steps:
     """L1 on log-mel, AdamW with a cosine schedule; crops of ``crop`` tokens -> (probe, last 100 steps' loss)."""
     probe = Probe(data[0][0][stage].shape[1], 16 if stage == "mel16" else None)
     opt = torch.optim.AdamW(probe.parameters(), 2e-3)
-    recent: list[float] = []
+    recent: deque[float] = deque(maxlen=100)
     for step in range(steps):
         loss = torch.zeros(())
         for _ in range(batch):
@@ -104,7 +105,7 @@ def train_probe(data: list[tuple[dict[str, Tensor], Tensor]], stage: str, steps:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        recent = (recent + [float(loss.detach())])[-100:]
+        recent.append(float(loss.detach()))
     return probe.eval(), float(np.mean(recent))
 
 

@@ -244,12 +244,8 @@ def _script(name: str):
     return mod
 
 
-def _where_lost():
-    return _script("where_lost")
-
-
 def test_harmonic_excitation_follows_the_pitch_and_is_flat():
-    wl = _where_lost()
+    wl = _script("where_lost")
     sr, f0 = 16000, 140.0
     t = np.arange(sr) / sr
     voiced = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, 20)).astype(np.float32)  # 1 s buzz
@@ -274,7 +270,7 @@ def test_harmonic_excitation_follows_the_pitch_and_is_flat():
 
 
 def test_envelope_transfer_takes_the_band_energies_of_the_second_signal(clip):
-    wl = _where_lost()
+    wl = _script("where_lost")
     e = _noise(len(clip), seed=2)
     z = wl.envelope_transfer(e, clip, bands=20)
     assert z.shape == clip.shape
