@@ -40,6 +40,9 @@ def _from_dict(cls, data: dict[str, Any], where: str):
     return obj
 
 
+FRONTENDS = ("conv", "logmel")
+
+
 @dataclass(frozen=True)
 class WavLMConfig:
     """Causal (or full-context) WavLM-style encoder: CNN feature extractor + transformer."""
@@ -61,8 +64,25 @@ class WavLMConfig:
     window_size: int = 512
     lookahead_size: int = 3
     use_flex_attention: bool = False  # schema compatibility; ignored
+    # front end: "conv" (WavLM's raw-waveform CNN: hidden_dims, kernel_sizes, strides) or "logmel"
+    # (codec.melfront: causal log-mel, mel_fft-sample windows every mel_hop samples, mel_stack hops per frame)
+    frontend: str = "conv"
+    mel_bins: int = 80
+    mel_fft: int = 512
+    mel_hop: int = 160
+    mel_stack: int = 2
+    mel_offset: float = -9.0  # log energies -> (log - offset) * scale
+    mel_scale: float = 0.25
 
     def validate(self, where: str = "encoder_config") -> None:
+        if self.frontend not in FRONTENDS:
+            raise ConfigError(f"{where}: unknown frontend {self.frontend!r} (known: {', '.join(FRONTENDS)})")
+        if self.frontend == "logmel":
+            if self.mel_bins < 1 or self.mel_hop < 1 or self.mel_stack < 1 or self.mel_fft < self.mel_hop:
+                raise ConfigError(f"{where}: the log-mel front end needs mel_bins, mel_hop, mel_stack >= 1 and "
+                                  f"mel_fft >= mel_hop")
+            if not self.mel_scale > 0:
+                raise ConfigError(f"{where}: mel_scale must be > 0")
         n = len(self.hidden_dims)
         if n == 0 or len(self.kernel_sizes) != n or len(self.strides) != n:
             raise ConfigError(f"{where}: hidden_dims, kernel_sizes and strides must have the same non-zero length")
@@ -77,7 +97,15 @@ class WavLMConfig:
 
     @property
     def downsample_factor(self) -> int:
+        """Input samples per encoder frame."""
+        if self.frontend == "logmel":
+            return self.mel_hop * self.mel_stack
         return math.prod(self.strides)
+
+    @property
+    def frontend_dim(self) -> int:
+        """Channels the front end hands to the projection."""
+        return self.mel_bins * self.mel_stack if self.frontend == "logmel" else self.hidden_dims[-1]
 
     @property
     def chunk_frames(self) -> int:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .config import WavLMConfig
 from .layers import Conv1d, Derived, FeedForward, gelu_, layer_norm, linear
+from .melfront import LogMelFrontEnd
 from .stream import History, with_left_context
 
 # Relative position biases of at most this many elements (heads x queries x keys) are kept per shape.
@@ -258,20 +259,33 @@ class TransformerEncoder(nn.Module):
 
 
 class WavLM(nn.Module):
-    """Signal (B, T) at 16 kHz -> features (B, ceil(T / 320), dim)."""
+    """Signal (B, T) at 16 kHz -> features (B, ceil(T / downsample_factor), dim) (320 samples: 50 Hz).
+
+    ``cfg.frontend`` "conv" is WavLM's CNN + LayerNorm; "logmel" is :class:`codec.melfront.LogMelFrontEnd`
+    (no norm: it keeps the input level)."""
 
     def __init__(self, cfg: WavLMConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.feature_extractor = FeatureExtractor(cfg)
-        self.norm = nn.LayerNorm(cfg.hidden_dims[-1])
-        self.feature_proj = nn.Linear(cfg.hidden_dims[-1], cfg.dim)
+        self.norm: nn.LayerNorm | None
+        if cfg.frontend == "logmel":
+            self.feature_extractor: nn.Module = LogMelFrontEnd(cfg)
+            self.norm = None
+        else:
+            self.feature_extractor = FeatureExtractor(cfg)
+            self.norm = nn.LayerNorm(cfg.hidden_dims[-1])
+        self.feature_proj = nn.Linear(cfg.frontend_dim, cfg.dim)
         self.encoder = TransformerEncoder(cfg)
 
     def forward(self, sig: Tensor, state: WavLMState | None = None) -> tuple[Tensor, WavLMState]:
         state = state or WavLMState()
-        x, cnn_ctx = self.feature_extractor(sig, state.cnn_ctx)
-        x = linear(self.feature_proj, layer_norm(self.norm, x))
+        if self.norm is None:  # log-mel: one history (the last window's samples)
+            x, ctx = self.feature_extractor(sig, state.cnn_ctx[0] if state.cnn_ctx else None)
+            cnn_ctx = [ctx]
+        else:
+            x, cnn_ctx = self.feature_extractor(sig, state.cnn_ctx)
+            x = layer_norm(self.norm, x)
+        x = linear(self.feature_proj, x)
         x, new = self.encoder(x, state)
         new.cnn_ctx = cnn_ctx
         return x, new

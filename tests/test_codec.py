@@ -40,6 +40,10 @@ CONFIGS = {
     "heads2-level3": variant(tiny_config(12), encoder_config={"num_heads": 2, "num_layers": 3},
                              compressor_config={"focal_level": 3, "focal_window": 5, "focal_factor": 2},
                              decompressor_config={"focal_level": 1, "normalize_modulator": True}),
+    "logmel": variant(tiny_config(12), encoder_config={"frontend": "logmel", "mel_bins": 24}),
+    "logmel-hop80-fft400": variant(tiny_config(12), encoder_config={"frontend": "logmel", "mel_bins": 20,
+                                                                    "mel_hop": 80, "mel_stack": 4,
+                                                                    "mel_fft": 400}),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -11,10 +13,13 @@ from codec.presets import tiny_config
 from codec.pretrained import load_pretrained, save_pretrained
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+@pytest.fixture(scope="module", params=["conv", "logmel"])
+def ckpt(tmp_path_factory, request):
     torch.manual_seed(0)
-    m = FocalCodec(tiny_config(16))
+    cfg = tiny_config(16)
+    if request.param == "logmel":  # a front end without weights or buffers of its own
+        cfg = cfg.replace(encoder_config=dataclasses.replace(cfg.encoder_config, frontend="logmel", mel_bins=32))
+    m = FocalCodec(cfg)
     d = tmp_path_factory.mktemp("ckpt")
     save_pretrained(m, d)
     return d, m

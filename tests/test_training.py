@@ -542,3 +542,34 @@ def test_cli_export_only(tmp_path, manifest):
                         "--export", str(tmp_path / "model3"), "--out", str(tmp_path / "run3")],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "--init-from" in r.stderr
+
+
+def test_content_head_reads_the_log_mel_out_of_the_tokens(tmp_path, manifest):
+    """content_weight: a linear read-out of the decompressed features learns the input's log-mel (its L1
+    falls), trains with the stage, resumes exactly from last.pt, and is never part of the exported model."""
+    from codec.training.losses import ContentHead
+
+    head = ContentHead(96, tiny_config(16).encoder_config)  # a CNN encoder: the default 80-band log-mel
+    sig = torch.randn(2, 2560) * 0.1
+    loss = head(torch.randn(2, 8, 96), sig).detach()
+    assert head.proj.out_features == 160 and loss.ndim == 0 and float(loss) > 0
+    stage = replace(E2E, steps=30, lr=3e-3, warmup_steps=2, content_weight=1.0)
+    cfg = replace(_cfg(manifest, [stage]), valid_every=100)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    assert tr.content is not None
+    tr.run()
+    trained = {id(p) for g in tr.opt.param_groups for p in g["params"]}
+    assert all(id(q) in trained for q in tr.content.parameters())
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.log.jsonl").read_text().splitlines()]
+    content = [r["content"] for r in log if "content" in r]
+    assert len(content) == 30 and np.mean(content[-5:]) < np.mean(content[:5]) - 0.1, (content[:5], content[-5:])
+    resumed = Trainer(cfg, tmp_path / "run", progress=False)
+    resumed.load(tmp_path / "run")
+    for k, v in tr.content.state_dict().items():
+        assert torch.equal(resumed.content.state_dict()[k], v), k
+    out = resumed.export(tmp_path / "model", calibrate=False)
+    from safetensors.torch import load_file
+
+    assert not any("content" in k or k.startswith("proj") for k in load_file(str(out / "model.safetensors")))
+    # stages without it build no head
+    assert Trainer(_cfg(manifest, [E2E]), tmp_path / "plain", progress=False).content is None

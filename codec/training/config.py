@@ -108,6 +108,10 @@ class StageConfig:
     # e2e: MSE between the decompressed features and the (detached) causal encoder features, divided by
     # their variance: the paper's stage-4 target, here a dense signal that keeps information in the bits
     self_feature_weight: float = 0.0
+    # e2e: L1 (nats) between the input's log-mel (80 bands, 10 ms hops) and a linear read-out of the
+    # decompressed features (losses.ContentHead, trained with the stage): a direct target for what the tokens
+    # must carry, which the waveform losses only give through the decoder
+    content_weight: float = 0.0
     adversarial: bool = False  # decoder: hinge GAN with MPD + multi-resolution STFT discriminators
     adv_weight: float = 1.0
     fm_weight: float = 2.0

@@ -5,34 +5,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
-    """Slaney-style triangular mel filters (n_mels, n_fft // 2 + 1), area-normalised."""
-    fmax = fmax or sr / 2
-
-    def hz_to_mel(f):
-        f = np.asarray(f, dtype=np.float64)
-        lin = f / (200.0 / 3)
-        return np.where(f >= 1000.0, 15.0 + np.log(np.maximum(f, 1e-9) / 1000.0) / (np.log(6.4) / 27.0), lin)
-
-    def mel_to_hz(m):
-        m = np.asarray(m, dtype=np.float64)
-        return np.where(m >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (m - 15.0)), m * (200.0 / 3))
-
-    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
-    pts = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
-    fdiff = np.diff(pts)
-    ramps = pts[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    fb = np.maximum(0, np.minimum(lower, upper))
-    fb *= (2.0 / (pts[2 : n_mels + 2] - pts[:n_mels]))[:, None]
-    return fb.astype(np.float32)
+from ..config import WavLMConfig
+from ..melfront import LogMelFrontEnd, mel_filterbank
 
 
 class MultiResolutionLoss(nn.Module):
@@ -197,3 +175,25 @@ def feature_matching_loss(real_feats: list[list[Tensor]], fake_feats: list[list[
             total = total + F.l1_loss(f, r.detach()) / (r.detach().abs().mean() + 1e-5)
             count += 1
     return total / max(count, 1)
+
+
+class ContentHead(nn.Module):
+    """A linear read-out of the decompressed features (B, N, C) that predicts the input's log-mel (B, N,
+    stack * bins): ``forward(qfeats, sig)`` returns the L1 distance in nats. The log-mel is the encoder's own
+    front end when it is one (then the target is exactly what the encoder saw), else the default causal
+    log-mel (80 bands, 32 ms windows every 10 ms, two per token). Training only: never exported."""
+
+    def __init__(self, feat_dim: int, encoder: WavLMConfig) -> None:
+        super().__init__()
+        cfg = encoder if encoder.frontend == "logmel" else WavLMConfig(frontend="logmel")
+        if cfg.downsample_factor != encoder.downsample_factor:
+            raise ValueError(f"the log-mel grid ({cfg.downsample_factor} samples) is not the encoder's "
+                             f"({encoder.downsample_factor})")
+        self.mel = LogMelFrontEnd(cfg)
+        self.proj = nn.Linear(feat_dim, self.mel.out_dim)
+
+    def forward(self, qfeats: Tensor, sig: Tensor) -> Tensor:
+        with torch.no_grad():
+            target, _ = self.mel(sig, None)
+        n = min(qfeats.shape[1], target.shape[1])
+        return F.l1_loss(self.proj(qfeats[:, :n]), target[:, :n]) / self.mel.scale

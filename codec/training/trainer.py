@@ -41,6 +41,7 @@ from .config import StageConfig, TrainConfig
 from .data import SR, CropSampler, fixed_validation_set, load_corpus, split_by_speaker
 from .discriminators import Discriminators
 from .losses import (
+    ContentHead,
     MultiResolutionLoss,
     PhaseDerivativeLoss,
     bsq_entropy_loss,
@@ -134,6 +135,9 @@ class Trainer:
         self.spec_loss = self._spec_loss_at(StageConfig.loss_ffts)  # validation: the same scale for every stage
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
+        self.content: ContentHead | None = None  # the log-mel read-out of stages with content_weight
+        if any(st.content_weight > 0 for st in cfg.stages):
+            self.content = ContentHead(cfg.model.decompressor_config.output_dim, cfg.model.encoder_config).to(self.device)
         self.discs: Discriminators | None = None
         self._discs_loaded = False
         self.opt: torch.optim.Optimizer | None = None
@@ -171,6 +175,8 @@ class Trainer:
             mod = getattr(self.model, p)
             mod.requires_grad_(True)
             groups.append({"params": list(mod.parameters()), "lr_scale": st.encoder_lr_scale if p == "encoder" else 1.0})
+        if st.content_weight > 0 and self.content is not None:
+            groups.append({"params": list(self.content.parameters()), "lr_scale": 1.0})
         params = [q for g in groups for q in g["params"]]
         self.model.train()
         self.opt = torch.optim.AdamW(groups, lr=st.lr, betas=st.betas, weight_decay=st.weight_decay)
@@ -233,6 +239,10 @@ class Trainer:
                     sf = feature_mse(pred, ref) / ref.var().clamp_min(1e-6)
                     loss = loss + st.self_feature_weight * sf
                     logs["self_feature"] = float(sf.detach())
+                if st.content_weight > 0 and self.content is not None:
+                    c = self.content(qfeats, sig)
+                    loss = loss + st.content_weight * c
+                    logs["content"] = float(c.detach())
                 if self.teacher is not None and st.feature_weight > 0:
                     f = feature_mse(out["feats"], self.teacher(sig))
                     loss = loss + st.feature_weight * f
@@ -349,6 +359,7 @@ class Trainer:
             "position": self.pos.__dict__,
             "model": self.model.state_dict(),
             "discs": self.discs.state_dict() if self.discs is not None else None,
+            "content": self.content.state_dict() if self.content is not None else None,
             "opt": self.opt.state_dict() if self.opt is not None else None,
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
             "samplers": {k: s.rng.bit_generator.state for k, s in self._samplers.items()},
@@ -395,6 +406,8 @@ class Trainer:
             state = torch.load(p, map_location=self.device, weights_only=False)
             self.pos = Position(**state["position"])
             self.model.load_state_dict(state["model"])
+            if state.get("content") is not None and self.content is not None:
+                self.content.load_state_dict(state["content"])
             self._setup_stage()
             if state.get("discs") is not None:
                 self._load_discs(state["discs"], p)
