@@ -6,7 +6,8 @@ What each stage kind trains (``freeze`` removes more parts) and on what:
 kind      trainable                               loss
 ========= ======================================= =====================================================
 e2e       encoder, compressor, decompressor,      mel + STFT on the 24 kHz waveform, BSQ entropy,
-          decoder                                 (teacher feature MSE), (adversarial + feature matching)
+          decoder                                 (teacher feature MSE), (self-feature MSE), (log-mel
+                                                  read-out of the decompressed features: ContentHead)
 decoder   decoder                                 the same waveform losses, from teacher features or from
                                                   the frozen codec's decompressed features
 encoder   encoder                                 MSE to teacher features
@@ -16,7 +17,8 @@ joint     encoder, compressor, decompressor       MSE to teacher features + entr
 
 Checkpoints (``out_dir``): ``last.pt`` holds everything (fp32 weights, optimiser moments, RNG, position)
 for an exact resume; ``compact/`` holds what is small enough to commit (fp16 model and discriminator
-weights + ``trainer.json``): resuming from it restarts the optimiser moments with a short warm-up.
+weights + ``trainer.json``): resuming from it restarts the optimiser moments with a short warm-up, and the
+training-only content head (``content_weight``; a single linear layer, relearnt within a few hundred steps).
 """
 
 from __future__ import annotations
