@@ -7,7 +7,8 @@ kind      trainable                               loss
 ========= ======================================= =====================================================
 e2e       encoder, compressor, decompressor,      mel + STFT on the 24 kHz waveform, BSQ entropy,
           decoder                                 (teacher feature MSE), (self-feature MSE), (log-mel
-                                                  read-out of the decompressed features: ContentHead)
+                                                  read-out of the decompressed features: ContentHead),
+                                                  (adversarial + feature matching)
 decoder   decoder                                 the same waveform losses, from teacher features or from
                                                   the frozen codec's decompressed features
 encoder   encoder                                 MSE to teacher features
