@@ -103,7 +103,6 @@ class LogMelFrontEnd(nn.Module):
         win, fb = self._constants(x.device)
         frames = ext.unfold(-1, self.n_fft, self.hop) * win  # (B, T / hop, n_fft)
         power = torch.fft.rfft(frames, dim=-1).abs().square()
-        mel = torch.log(power @ fb + POWER_FLOOR)  # (B, T / hop, bins)
-        mel = (mel - self.offset) * self.scale
+        mel = torch.log(power @ fb + POWER_FLOOR).sub_(self.offset).mul_(self.scale)  # (B, T / hop, bins)
         b, n, _ = mel.shape
         return mel.reshape(b, n // self.stack, self.out_dim).to(dtype), ctx
