@@ -192,7 +192,12 @@ class BSQConfig:
 
 @dataclass(frozen=True)
 class WaveNeXtConfig:
-    """Causal WaveNeXt decoder: ConvNeXt backbone + linear head to ``hop_length`` samples per frame."""
+    """Causal WaveNeXt decoder: ConvNeXt backbone + a head writing ``hop_length`` samples per frame.
+
+    ``head``: ``"linear"`` (the published checkpoints: one linear map per frame to its samples) or
+    ``"istft"`` (causal overlap-add: each frame gives ``hop_length / head_hop`` short spectra of
+    ``head_fft`` samples, Hann-windowed and overlap-added every ``head_hop`` samples; no lookahead).
+    """
 
     input_dim: int = 1024
     num_layers: int = 8
@@ -202,10 +207,23 @@ class WaveNeXtConfig:
     layerscale_init: float | None = None
     hop_length: int = 480
     causal: bool = True
+    head: str = "linear"
+    head_hop: int = 120  # istft: samples between sub-frames; divides hop_length
+    head_fft: int = 480  # istft: sub-frame length (samples); a multiple of head_hop
 
     def validate(self, where: str = "decoder_config") -> None:
         if self.kernel_size < 1 or self.hop_length < 1:
             raise ConfigError(f"{where}: kernel_size and hop_length must be >= 1")
+        if self.head not in ("linear", "istft"):
+            raise ConfigError(f"{where}: head must be 'linear' or 'istft', got {self.head!r}")
+        if self.head == "istft":
+            if self.head_hop < 1 or self.hop_length % self.head_hop:
+                raise ConfigError(f"{where}: head_hop ({self.head_hop}) must divide hop_length ({self.hop_length})")
+            if self.head_fft < 2 * self.head_hop or self.head_fft % self.head_hop:
+                raise ConfigError(f"{where}: head_fft ({self.head_fft}) must be a multiple of head_hop "
+                                  f"({self.head_hop}), at least twice it")
+            if not self.causal:
+                raise ConfigError(f"{where}: the istft head is causal; use the Vocos decoder for full context")
 
 
 @dataclass(frozen=True)

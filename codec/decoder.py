@@ -1,11 +1,14 @@
 """Waveform decoders: causal WaveNeXt (streaming checkpoints, 24 kHz) and full-context Vocos (16 kHz).
 
 Both take features (B, N, input_dim) and run a ConvNeXt backbone, time-major (B, N, C) throughout.
-WaveNeXt's head maps each frame linearly to ``hop_length`` samples (no overlap-add), so streaming
-only carries the convolutions' left contexts (``kernel - 1`` frames, zeros at stream start).
+WaveNeXt's linear head maps each frame to ``hop_length`` samples (no overlap-add), so streaming
+only carries the convolutions' left contexts (``kernel - 1`` frames, zeros at stream start). Its
+causal overlap-add head (``head = "istft"``) also carries the tail of the last sub-frames.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -78,18 +81,87 @@ class LinearHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return linear(self.proj, x).flatten(1)
 
+    @torch.no_grad()
+    def scale_output(self, gain: float) -> None:
+        """Multiply every output sample by ``gain`` (exact: the head is linear)."""
+        self.proj.weight.mul_(gain)
+        self.proj.bias.mul_(gain)
+
+
+class OverlapAddHead(nn.Module):
+    """Causal iSTFT head: (B, N, dim) -> (B, N * hop) with a tail carried between calls.
+
+    Each frame gives ``hop / sub_hop`` sub-frames (log-magnitude and phase of ``n_fft // 2 + 1`` bins);
+    sub-frame j is Hann-windowed and added at samples ``[j * sub_hop, j * sub_hop + n_fft)``. Output
+    up to the end of frame n thus depends on frames <= n only (no lookahead, no added delay); the
+    ``n_fft - sub_hop`` samples that reach past the last frame are the streaming state (B, n_fft / sub_hop - 1,
+    sub_hop). Frames overlap-add smoothly, so nothing marks the frame grid. The spectra and the
+    overlap-add run in float32 whatever the compute dtype.
+    """
+
+    def __init__(self, dim: int, hop: int, sub_hop: int, n_fft: int) -> None:
+        super().__init__()
+        self.sub = hop // sub_hop  # sub-frames per frame
+        self.overlap = n_fft // sub_hop  # sub-frames adding up at every sample
+        self.sub_hop = sub_hop
+        self.n_fft = n_fft
+        self.bins = n_fft // 2 + 1
+        self.proj = nn.Linear(dim, self.sub * 2 * self.bins)
+        self._windows: dict[torch.device, Tensor] = {}  # made on first use: the module has no buffers to load
+
+    def _window(self, device: torch.device) -> Tensor:
+        w = self._windows.get(device)
+        if w is None:
+            with torch.inference_mode(False), torch.no_grad():
+                w = torch.hann_window(self.n_fft, periodic=True, device=device)
+                w = (w * (self.sub_hop / w.sum())).reshape(self.overlap, self.sub_hop)  # overlap-adds to 1
+            self._windows[device] = w
+        return w
+
+    @torch.no_grad()
+    def scale_output(self, gain: float) -> None:
+        """Multiply every output sample by ``gain`` (the log-magnitudes' biases move by log(gain); exact
+        below the magnitude clamp)."""
+        self.proj.bias.view(self.sub, 2, self.bins)[:, 0].add_(math.log(gain))
+
+    def forward(self, x: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor]:
+        """x (B, N, dim) -> (samples (B, N * hop) float32, new tail); ``tail`` = the previous call's (None at
+        stream start)."""
+        b, n, _ = x.shape
+        m = n * self.sub
+        logmag, phase = linear(self.proj, x).float().reshape(b, m, 2, self.bins).unbind(2)
+        spec = torch.polar(logmag.clamp(max=8.0).exp(), phase)
+        frames = torch.fft.irfft(spec, self.n_fft, dim=-1).reshape(b, m, self.overlap, self.sub_hop)
+        frames = frames * self._window(x.device)
+        out = frames.new_zeros(b, m + self.overlap - 1, self.sub_hop)
+        for k in range(self.overlap):  # sub-frame j's k-th part lands at sub-hop j + k
+            out[:, k:k + m] += frames[:, :, k]
+        if tail is not None:
+            out[:, :self.overlap - 1] += tail
+        return out[:, :m].reshape(b, m * self.sub_hop), out[:, m:]
+
 
 class WaveNeXt(nn.Module):
     def __init__(self, cfg: WaveNeXtConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg)
-        self.head = LinearHead(cfg.dim, cfg.hop_length)
+        self.overlap_add = cfg.head == "istft"
+        if self.overlap_add:
+            self.head: nn.Module = OverlapAddHead(cfg.dim, cfg.hop_length, cfg.head_hop, cfg.head_fft)
+        else:
+            self.head = LinearHead(cfg.dim, cfg.hop_length)
 
-    def forward(self, x: Tensor, state: list[History | None] | None = None) -> tuple[Tensor, list[History | None]]:
-        """Features (B, N, C) -> waveform (B, N * hop) clamped to [-1, 1]."""
-        x, state = self.backbone(x, state)
-        return self.head(x).clamp(-1.0, 1.0), state
+    def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
+        """Features (B, N, C) -> waveform (B, N * hop) clamped to [-1, 1]; ``state`` = the backbone's left
+        contexts (+ the overlap-add tail last)."""
+        if not self.overlap_add:
+            x, state = self.backbone(x, state)
+            return self.head(x).clamp(-1.0, 1.0), state
+        x, new = self.backbone(x, state[:-1] if state else None)
+        y, tail = self.head(x, state[-1] if state else None)
+        new.append(tail)
+        return y.clamp(-1.0, 1.0), new
 
 
 class ISTFTHead(nn.Module):

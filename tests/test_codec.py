@@ -44,6 +44,9 @@ CONFIGS = {
     "logmel-hop80-fft400": variant(tiny_config(12), encoder_config={"frontend": "logmel", "mel_bins": 20,
                                                                     "mel_hop": 80, "mel_stack": 4,
                                                                     "mel_fft": 400}),
+    "istft-head": variant(tiny_config(12), decoder_config={"head": "istft", "head_hop": 120, "head_fft": 480}),
+    "istft-head-hop60-fft960": variant(tiny_config(16), decoder_config={"head": "istft", "head_hop": 60,
+                                                                        "head_fft": 960}),
 }
 
 

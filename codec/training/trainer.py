@@ -534,7 +534,7 @@ class Trainer:
         Spectral losses on log magnitudes leave the overall level loosely tied (the decoder learns the
         median, not the mean, of the energy it is unsure about), so a trained model can come out several
         dB quiet. Measures the input/output energy ratio on unaugmented training crops and folds the gain
-        into the WaveNeXt head's linear layer (exact: the head is linear). Returns the gain applied.
+        into the WaveNeXt head (``scale_output``). Returns the gain applied.
         """
         from codec.decoder import WaveNeXt
 
@@ -550,10 +550,7 @@ class Trainer:
         self.model.train(was)
         gain = float(np.sqrt(np.sum(y.astype(np.float64) ** 2) / max(float(rec.double().pow(2).sum()), 1e-12)))
         gain = float(np.clip(gain, 0.1, 10.0))
-        head = self.model.decoder.head.proj
-        head.weight.mul_(gain)
-        if head.bias is not None:
-            head.bias.mul_(gain)
+        self.model.decoder.head.scale_output(gain)
         log.info("output level calibrated: gain %.2f (%+.1f dB)", gain, 20 * np.log10(gain))
         return gain
 
