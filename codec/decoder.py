@@ -132,7 +132,7 @@ class OverlapAddHead(nn.Module):
         logmag, phase = linear(self.proj, x).float().reshape(b, m, 2, self.bins).unbind(2)
         spec = torch.polar(logmag.clamp(max=8.0).exp(), phase)
         frames = torch.fft.irfft(spec, self.n_fft, dim=-1).reshape(b, m, self.overlap, self.sub_hop)
-        frames = frames * self._window(x.device)
+        frames.mul_(self._window(x.device))  # in place: irfft's backward does not need its output
         out = frames.new_zeros(b, m + self.overlap - 1, self.sub_hop)
         for k in range(self.overlap):  # sub-frame j's k-th part lands at sub-hop j + k
             out[:, k:k + m] += frames[:, :, k]
