@@ -108,3 +108,11 @@ def test_config_errors(kw, msg):
 def test_published_style_config_keeps_the_linear_head():
     assert WaveNeXtConfig().head == "linear"
     assert type(WaveNeXt(WaveNeXtConfig(input_dim=8, num_layers=1, dim=8, ffn_dim=8)).head).__name__ == "LinearHead"
+
+
+def test_head_trains():
+    dec = decoder()
+    x = torch.randn(2, 5, 24, requires_grad=True)
+    y, _ = dec(x)
+    y.pow(2).sum().backward()
+    assert x.grad.abs().sum() > 0 and dec.head.proj.weight.grad.abs().sum() > 0
