@@ -197,6 +197,9 @@ class WaveNeXtConfig:
     ``head``: ``"linear"`` (the published checkpoints: one linear map per frame to its samples) or
     ``"istft"`` (causal overlap-add: each frame gives ``hop_length / head_hop`` short spectra of
     ``head_fft`` samples, Hann-windowed and overlap-added every ``head_hop`` samples; no lookahead).
+    ``source``: ``"none"`` or ``"harmonic"`` (adds :class:`codec.harmonic.HarmonicSource`: sinusoids at the
+    multiples of a pitch predicted per frame, ``source_harmonics`` of them below ``source_fmax`` Hz, their
+    amplitudes read from a ``source_bands``-point envelope; ``sample_rate`` must be the codec's output rate).
     """
 
     input_dim: int = 1024
@@ -210,10 +213,28 @@ class WaveNeXtConfig:
     head: str = "linear"
     head_hop: int = 120  # istft: samples between sub-frames; divides hop_length
     head_fft: int = 480  # istft: sub-frame length (samples); a multiple of head_hop
+    source: str = "none"
+    sample_rate: int = 24000  # output rate (Hz): the harmonic source's frequencies are in Hz
+    source_harmonics: int = 96
+    source_bands: int = 64
+    source_f0_min: float = 50.0  # Hz
+    source_f0_max: float = 500.0  # Hz
+    source_fmax: float = 8000.0  # Hz: no harmonic at or above it
 
     def validate(self, where: str = "decoder_config") -> None:
         if self.kernel_size < 1 or self.hop_length < 1:
             raise ConfigError(f"{where}: kernel_size and hop_length must be >= 1")
+        if self.source not in ("none", "harmonic"):
+            raise ConfigError(f"{where}: source must be 'none' or 'harmonic', got {self.source!r}")
+        if self.source == "harmonic":
+            if self.source_harmonics < 1 or self.source_bands < 2:
+                raise ConfigError(f"{where}: need source_harmonics >= 1 and source_bands >= 2")
+            if not 0 < self.source_f0_min < self.source_f0_max:
+                raise ConfigError(f"{where}: need 0 < source_f0_min < source_f0_max (Hz), got "
+                                  f"{self.source_f0_min}, {self.source_f0_max}")
+            if not self.source_f0_max < self.source_fmax <= self.sample_rate / 2:
+                raise ConfigError(f"{where}: source_fmax ({self.source_fmax} Hz) must lie above source_f0_max "
+                                  f"and at most half the sample rate ({self.sample_rate} Hz)")
         if self.head not in ("linear", "istft"):
             raise ConfigError(f"{where}: head must be 'linear' or 'istft', got {self.head!r}")
         if self.head == "istft":
@@ -355,6 +376,9 @@ class CodecConfig:
                                   f"compressor downscaling x{r}")
             if math.prod(d.upscale_factors) != r:
                 raise ConfigError("decompressor upscaling must undo the compressor downscaling")
+        if getattr(v, "source", "none") != "none" and v.sample_rate != self.sample_rate_output:
+            raise ConfigError(f"decoder_config.sample_rate ({v.sample_rate}) must be the output rate "
+                              f"({self.sample_rate_output} Hz) for its harmonic source")
 
     @property
     def causal(self) -> bool:

@@ -3,7 +3,8 @@
 Both take features (B, N, input_dim) and run a ConvNeXt backbone, time-major (B, N, C) throughout.
 WaveNeXt's linear head maps each frame to ``hop_length`` samples (no overlap-add), so streaming
 only carries the convolutions' left contexts (``kernel - 1`` frames, zeros at stream start). Its
-causal overlap-add head (``head = "istft"``) also carries the tail of the last sub-frames.
+causal overlap-add head (``head = "istft"``) also carries the tail of the last sub-frames, and its optional
+harmonic source (``source = "harmonic"``, :mod:`codec.harmonic`) its phase and last frame's pitch.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VocosConfig, WaveNeXtConfig
+from .harmonic import HarmonicSource
 from .layers import Conv1d, gelu_, layer_norm, linear
 from .stream import History, with_left_context
 
@@ -146,22 +148,46 @@ class WaveNeXt(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg)
+        self.contexts = cfg.num_layers + 1 if cfg.causal else 0  # state entries of the backbone
         self.overlap_add = cfg.head == "istft"
         if self.overlap_add:
             self.head: nn.Module = OverlapAddHead(cfg.dim, cfg.hop_length, cfg.head_hop, cfg.head_fft)
         else:
             self.head = LinearHead(cfg.dim, cfg.hop_length)
+        self.source: HarmonicSource | None = None
+        if cfg.source == "harmonic":
+            self.source = HarmonicSource(cfg.dim, cfg.hop_length, cfg.sample_rate, cfg.source_harmonics,
+                                         cfg.source_bands, cfg.source_f0_min, cfg.source_f0_max, cfg.source_fmax)
+
+    @torch.no_grad()
+    def scale_output(self, gain: float) -> None:
+        """Multiply every output sample by ``gain`` (head and source)."""
+        self.head.scale_output(gain)
+        if self.source is not None:
+            self.source.scale_output(gain)
+
+    def synthesize(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list, dict[str, Tensor] | None]:
+        """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state, the harmonic source's
+        per-frame pitch and voicing logits or None). ``state`` = the backbone's left contexts, then the
+        overlap-add tail (istft head), then the source's state (harmonic source)."""
+        extra = iter(state[self.contexts:]) if state else None
+        h, new = self.backbone(x, state[: self.contexts] if state else None)
+        if self.overlap_add:
+            y, tail = self.head(h, next(extra) if extra else None)
+            new.append(tail)
+        else:
+            y = self.head(h)
+        params = None
+        if self.source is not None:
+            s, src, params = self.source(h, next(extra) if extra else None)
+            y = y + s
+            new.append(src)
+        return y.clamp(-1.0, 1.0), new, params
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
-        """Features (B, N, C) -> waveform (B, N * hop) clamped to [-1, 1]; ``state`` = the backbone's left
-        contexts (+ the overlap-add tail last)."""
-        if not self.overlap_add:
-            x, state = self.backbone(x, state)
-            return self.head(x).clamp(-1.0, 1.0), state
-        x, new = self.backbone(x, state[:-1] if state else None)
-        y, tail = self.head(x, state[-1] if state else None)
-        new.append(tail)
-        return y.clamp(-1.0, 1.0), new
+        """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state); see :meth:`synthesize`."""
+        y, new, _ = self.synthesize(x, state)
+        return y, new
 
 
 class ISTFTHead(nn.Module):

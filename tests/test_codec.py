@@ -21,6 +21,8 @@ def make(cfg: CodecConfig, seed: int = 0) -> FocalCodec:
         for name, p in m.named_parameters():
             if name.endswith(("alpha", "gru_rel_pos_const", "gamma")):
                 p.uniform_(0.5, 1.5)
+            if name == "decoder.source.proj.bias":  # harmonics at -26 dB rather than the quiet start
+                p[2:] = -3.0
     return m
 
 
@@ -47,6 +49,8 @@ CONFIGS = {
     "istft-head": variant(tiny_config(12), decoder_config={"head": "istft", "head_hop": 120, "head_fft": 480}),
     "istft-head-hop60-fft960": variant(tiny_config(16), decoder_config={"head": "istft", "head_hop": 60,
                                                                         "head_fft": 960}),
+    "istft-harmonic": variant(tiny_config(12), decoder_config={"head": "istft", "source": "harmonic",
+                                                               "source_harmonics": 24, "source_bands": 12}),
 }
 
 

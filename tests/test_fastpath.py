@@ -13,13 +13,13 @@ from codec.presets import tiny_config
 from codec.pretrained import load_pretrained, save_pretrained
 
 
-@pytest.fixture(scope="module", params=["conv", "logmel-istft"])
+@pytest.fixture(scope="module", params=["conv", "logmel-istft-harmonic"])
 def ckpt(tmp_path_factory, request):
     torch.manual_seed(0)
     cfg = tiny_config(16)
-    if request.param == "logmel-istft":  # a front end and a decoder head without buffers of their own
+    if request.param == "logmel-istft-harmonic":  # a front end, a decoder head and a source without buffers
         cfg = cfg.replace(encoder_config=dataclasses.replace(cfg.encoder_config, frontend="logmel", mel_bins=32),
-                          decoder_config=dataclasses.replace(cfg.decoder_config, head="istft"))
+                          decoder_config=dataclasses.replace(cfg.decoder_config, head="istft", source="harmonic"))
     m = FocalCodec(cfg)
     d = tmp_path_factory.mktemp("ckpt")
     save_pretrained(m, d)

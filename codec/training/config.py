@@ -112,6 +112,9 @@ class StageConfig:
     # decompressed features (losses.ContentHead, trained with the stage): a direct target for what the tokens
     # must carry, which the waveform losses only give through the decoder
     content_weight: float = 0.0
+    # decoders with a harmonic source (codec.harmonic): weight of its pitch loss against the target's tracked
+    # pitch (codec.training.pitch: |log2 f0 ratio| on voiced frames + voicing cross-entropy)
+    pitch_weight: float = 0.0
     adversarial: bool = False  # decoder: hinge GAN with MPD + multi-resolution STFT discriminators
     adv_weight: float = 1.0
     fm_weight: float = 2.0
@@ -120,6 +123,9 @@ class StageConfig:
     disc_start: int = 0  # generator-only steps before the discriminators join
     freeze: tuple[str, ...] = ()  # extra parts to freeze: encoder, compressor, decompressor, decoder
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to ``lr`` (slower for a pretrained one)
+    # the decoder's harmonic source's learning rate relative to ``lr`` (faster when it joins a trained decoder:
+    # Adam moves its envelope's log-amplitudes by about lr per step)
+    source_lr_scale: float = 1.0
 
     def validate(self, where: str) -> None:
         if self.kind not in STAGE_KINDS:

@@ -8,9 +8,10 @@ kind      trainable                               loss
 e2e       encoder, compressor, decompressor,      mel + STFT on the 24 kHz waveform, BSQ entropy,
           decoder                                 (teacher feature MSE), (self-feature MSE), (log-mel
                                                   read-out of the decompressed features: ContentHead),
-                                                  (adversarial + feature matching)
-decoder   decoder                                 the same waveform losses, from teacher features or from
-                                                  the frozen codec's decompressed features
+                                                  (adversarial + feature matching), (pitch and voicing of
+                                                  a harmonic source against the target's: pitch.py)
+decoder   decoder                                 the same waveform (and pitch) losses, from teacher
+                                                  features or from the frozen codec's decompressed features
 encoder   encoder                                 MSE to teacher features
 quantizer compressor, decompressor                MSE to the frozen causal encoder's features + entropy
 joint     encoder, compressor, decompressor       MSE to teacher features + entropy (decoder frozen)
@@ -55,6 +56,7 @@ from .losses import (
     hinge_g_loss,
     straight_through,
 )
+from .pitch import pitch_losses
 from .teacher import make_teacher
 
 log = logging.getLogger("focalchat.train")
@@ -177,7 +179,12 @@ class Trainer:
         for p in parts:
             mod = getattr(self.model, p)
             mod.requires_grad_(True)
-            groups.append({"params": list(mod.parameters()), "lr_scale": st.encoder_lr_scale if p == "encoder" else 1.0})
+            params = list(mod.parameters())
+            if p == "decoder" and getattr(mod, "source", None) is not None and st.source_lr_scale != 1.0:
+                own = {id(q) for q in mod.source.parameters()}
+                params = [q for q in params if id(q) not in own]
+                groups.append({"params": list(mod.source.parameters()), "lr_scale": st.source_lr_scale})
+            groups.append({"params": params, "lr_scale": st.encoder_lr_scale if p == "encoder" else 1.0})
         if st.content_weight > 0 and self.content is not None:
             groups.append({"params": list(self.content.parameters()), "lr_scale": 1.0})
         params = [q for g in groups for q in g["params"]]
@@ -250,7 +257,8 @@ class Trainer:
                     f = feature_mse(out["feats"], self.teacher(sig))
                     loss = loss + st.feature_weight * f
                     logs["feature"] = float(f.detach())
-                rec = m.feats_to_sig(qfeats)
+                rec, pitch = self._decode(qfeats, target, st, logs)
+                loss = loss + st.pitch_weight * pitch
             else:
                 ref = out["feats"].detach() if st.kind == "quantizer" else self.teacher(sig)
                 f = feature_mse(qfeats, ref)
@@ -263,7 +271,8 @@ class Trainer:
         elif st.kind == "decoder":
             with torch.no_grad():
                 feats = self.teacher(sig) if self.teacher is not None else m.sig_to_qfeats(sig)
-            rec = m.feats_to_sig(feats)
+            rec, pitch = self._decode(feats, target, st, logs)
+            loss = loss + st.pitch_weight * pitch
         if rec is not None:
             n = min(rec.shape[1], target.shape[1])  # teacher features may cover one frame less
             rec, target = rec[:, :n], target[:, :n]
@@ -290,6 +299,18 @@ class Trainer:
                 logs["phase"] = float(ph.detach())
             rec = scaled  # what the discriminators judge
         return loss, logs, rec, target
+
+    def _decode(self, feats: Tensor, target: Tensor, st: StageConfig, logs: dict[str, float]) -> tuple[Tensor, Tensor]:
+        """Features -> (waveform, pitch loss). The pitch loss (|log2 f0 ratio| + voicing cross-entropy against
+        the target's tracked pitch, parts logged) is 0 unless the decoder has a harmonic source and the stage
+        a ``pitch_weight``."""
+        dec = self.model.decoder
+        if st.pitch_weight <= 0 or getattr(dec, "source", None) is None:
+            return self.model.feats_to_sig(feats), target.new_zeros(())
+        rec, _, params = dec.synthesize(feats)
+        p = pitch_losses(params, target, self.rate_out, self.frame_hop, dec.cfg.source_f0_min, dec.cfg.source_f0_max)
+        logs.update({f"pitch_{k}": float(v.detach()) for k, v in p.items()})
+        return rec.float(), p["f0"] + p["voicing"]
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
         st = self.stage
@@ -339,7 +360,15 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         lats = self.model.sig_to_lats(x)
-        rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
+        dec, extra = self.model.decoder, {}
+        if getattr(dec, "source", None) is not None:
+            rec, _, params = dec.synthesize(self.model.codes_to_qfeats(self.model.lats_to_codes(lats)))
+            p = pitch_losses(params, y, self.rate_out, self.frame_hop, dec.cfg.source_f0_min, dec.cfg.source_f0_max)
+            extra = {"val_pitch_octaves": float(p["f0"]), "val_pitch_gross": float(p["gross"]),
+                     "val_voicing_bce": float(p["voicing"])}
+            rec = rec[:, : y.shape[1]]
+        else:
+            rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
         mel, stft = self.spec_loss(rec, y)
         mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
@@ -350,7 +379,7 @@ class Trainer:
         return {"val_mel": float(mel), "val_stft": float(stft), "val_mel_level_invariant": float(mel_li),
                 "val_phase": float(phase), "val_frame_mod": float(frame_mod), "val_frame_locked": float(locked),
                 "val_bit_usage": float(usage),
-                "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel())}
+                "val_distinct_tokens": int(torch.unique(toks).numel()), "val_tokens": int(toks.numel()), **extra}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -550,7 +579,7 @@ class Trainer:
         self.model.train(was)
         gain = float(np.sqrt(np.sum(y.astype(np.float64) ** 2) / max(float(rec.double().pow(2).sum()), 1e-12)))
         gain = float(np.clip(gain, 0.1, 10.0))
-        self.model.decoder.head.scale_output(gain)
+        self.model.decoder.scale_output(gain)
         log.info("output level calibrated: gain %.2f (%+.1f dB)", gain, 20 * np.log10(gain))
         return gain
 

@@ -1,0 +1,89 @@
+"""Pitch targets for the decoder's harmonic source: a batched YIN pitch tracker and the pitch loss.
+
+The tracker runs on the training batch itself (after augmentation: speed changes move the pitch), on
+whatever device trains, so it is written in torch rather than taken from an audio library that works on
+one numpy signal at a time. YIN (de Cheveigné and Kawahara, 2002): per frame the cumulative-mean-normalised
+difference function d'(lag) over lags of ``f0_max`` .. ``f0_min``; the pitch period is the first local
+minimum of d' under ``threshold`` (the global minimum when there is none), refined by a parabola through
+its neighbours. A frame is voiced when that minimum is under ``voicing_threshold`` and the frame is no
+more than 40 dB below the loudest frame of its item (and above -70 dBFS).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@torch.no_grad()
+def track_pitch(wave: Tensor, sample_rate: int, hop: int, f0_min: float = 50.0, f0_max: float = 500.0,
+                threshold: float = 0.15, voicing_threshold: float = 0.4) -> tuple[Tensor, Tensor, Tensor]:
+    """wave (B, T) -> (f0 (B, F) Hz, voiced (B, F) bool, complete (F,) bool), F = T // hop + 1.
+
+    Frame i sums over the L samples centred on sample ``i * hop``, L = ceil(sample_rate / f0_min) (the
+    longest period), against the same samples up to L later; the signal is zero-padded at both ends and
+    ``complete`` marks the frames that reach no padding at the end.
+    """
+    if wave.dim() != 2:
+        raise ValueError(f"track_pitch: expected (batch, samples), got shape {tuple(wave.shape)}")
+    b, t = wave.shape
+    lag_max = math.ceil(sample_rate / f0_min)
+    lag_min = max(2, math.floor(sample_rate / f0_max))
+    win = 2 * lag_max
+    lead = lag_max // 2  # the summed half-window [c - L/2, c + L/2) is centred on the frame's centre c
+    x = F.pad(wave.float(), (lead, win - lead + hop))
+    frames = x.unfold(1, win, hop)[:, : t // hop + 1]  # (B, F, 2L)
+    frames = frames - frames.mean(-1, keepdim=True)
+    n_fft = 2 * win
+    head = frames[..., :lag_max]
+    # r(lag) = sum_j x_j x_{j+lag} over the first L samples; d(lag) = E(0) + E(lag) - 2 r(lag)
+    r = torch.fft.irfft(torch.fft.rfft(head, n_fft).conj() * torch.fft.rfft(frames, n_fft), n_fft)[..., :lag_max]
+    sq = F.pad(frames.square().cumsum(-1), (1, 0))
+    energy = sq[..., lag_max:2 * lag_max] - sq[..., :lag_max]  # E(lag) = sum_{j=lag}^{lag+L-1} x_j^2
+    d = (energy[..., :1] + energy - 2 * r).clamp_min(0.0)
+    lags = torch.arange(lag_max, device=wave.device, dtype=d.dtype)
+    cmnd = d * lags / d.cumsum(-1).clamp_min(1e-12)
+    cmnd[..., 0] = 1.0
+    seg = cmnd[..., lag_min - 1 : lag_max]  # lags lag_min - 1 .. lag_max - 1 (one neighbour on the left)
+    mid = seg[..., 1:-1]
+    local_min = (mid <= seg[..., :-2]) & (mid <= seg[..., 2:])
+    cand = local_min & (mid < threshold)
+    first = cand.float().argmax(-1)
+    best = torch.where(cand.any(-1), first, mid.argmin(-1))  # index into mid: lag = lag_min + best
+    lo, c, hi = (seg.gather(-1, (best + o)[..., None])[..., 0] for o in (0, 1, 2))
+    curv = lo - 2 * c + hi
+    shift = torch.where(curv > 1e-9, 0.5 * (lo - hi) / curv.clamp_min(1e-9), torch.zeros_like(c)).clamp(-1, 1)
+    period = (lag_min + best).to(d.dtype) + shift
+    f0 = (sample_rate / period).clamp(f0_min, f0_max)
+    level = 10 * torch.log10(energy[..., 0] / lag_max + 1e-12)  # dBFS of the summed half-window
+    loud = (level > level.amax(1, keepdim=True) - 40.0) & (level > -70.0)
+    voiced = (c < voicing_threshold) & loud
+    complete = torch.arange(f0.shape[1], device=wave.device) * hop + (win - lead) <= t
+    return f0, voiced, complete
+
+
+def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, hop: int, f0_min: float,
+                 f0_max: float) -> dict[str, Tensor]:
+    """The harmonic source's per-frame pitch and voicing (``HarmonicSource`` params, (B, N)) against the
+    target waveform's (B, >= N * hop) tracked pitch.
+
+    Frame n's values are reached at its last sample, ``(n + 1) * hop``: the tracker frame centred there is
+    its target. Returns ``f0`` (mean |log2 ratio| over voiced frames, octaves), ``voicing`` (binary
+    cross-entropy of the voicing logits), ``gross`` (share of voiced frames off by more than 20 %, no
+    gradient) and ``voiced`` (share of voiced frames, no gradient).
+    """
+    f0_ref, voiced_ref, complete = track_pitch(target, sample_rate, hop, f0_min, f0_max)
+    n = min(params["f0"].shape[1], f0_ref.shape[1] - 1)
+    f0, logits = params["f0"][:, :n], params["voicing"][:, :n]
+    f0_ref, voiced_ref = f0_ref[:, 1 : n + 1], voiced_ref[:, 1 : n + 1]
+    keep = complete[1 : n + 1].expand_as(voiced_ref)
+    voiced = voiced_ref & keep
+    err = (torch.log2(f0) - torch.log2(f0_ref)).abs()
+    count = voiced.sum().clamp_min(1)
+    f0_loss = (err * voiced).sum() / count
+    bce = F.binary_cross_entropy_with_logits(logits[keep], voiced_ref[keep].float()) if keep.any() else logits.sum() * 0
+    gross = ((err > math.log2(1.2)) & voiced).sum() / count
+    return {"f0": f0_loss, "voicing": bce, "gross": gross.detach(), "voiced": voiced.float().mean().detach()}

@@ -1,0 +1,227 @@
+"""The decoder's harmonic source (codec.harmonic) and its pitch targets (codec.training.pitch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from codec.config import CodecConfig, ConfigError, WaveNeXtConfig
+from codec.decoder import WaveNeXt
+from codec.harmonic import HarmonicSource
+from codec.training.pitch import pitch_losses, track_pitch
+
+SR, HOP = 24000, 480
+
+
+def source(seed: int = 0, harmonics: int = 40, bands: int = 16, **kw) -> HarmonicSource:
+    torch.manual_seed(seed)
+    args = {"dim": 8, "hop": HOP, "sample_rate": SR, "harmonics": harmonics, "bands": bands, "f0_min": 50.0,
+            "f0_max": 500.0, "fmax": 8000.0, **kw}
+    return HarmonicSource(**args).eval()
+
+
+def set_constant(src: HarmonicSource, f0: float, log_amp: float, gate_logit: float = 30.0) -> None:
+    """Make the source ignore its input: a fixed pitch, gate and flat envelope."""
+    with torch.no_grad():
+        src.proj.weight.zero_()
+        u = math.log(f0 / src.f0_min) / src.log_range
+        src.proj.bias[0] = math.log(u / (1 - u))
+        src.proj.bias[1] = gate_logit
+        src.proj.bias[2:] = log_amp
+
+
+def test_a_steady_pitch_gives_its_harmonics_below_fmax():
+    src = source()
+    set_constant(src, 200.0, math.log(0.01))
+    with torch.no_grad():
+        y, state, params = src(torch.randn(1, 6, 8), None)
+    assert y.shape == (1, 6 * HOP) and y.dtype == torch.float32
+    assert torch.allclose(params["f0"], torch.full((1, 6), 200.0), rtol=1e-5)
+    t = torch.arange(6 * HOP, dtype=torch.float64)
+    k = torch.arange(1, 41, dtype=torch.float64)
+    f0 = float(params["f0"][0, 0])  # 200 Hz to float32 precision, which the phase sums up
+    fade = ((8000.0 - f0 * k) / 800.0).clamp(0, 1)  # harmonic 40 (8 kHz) and above are silent
+    ref = (0.01 * fade * torch.sin(2 * math.pi * f0 / SR * (t[:, None] + 1) * k)).sum(1)
+    steady = slice(HOP, None)  # after the fade-in of the first frame
+    assert torch.allclose(y[0, steady].double(), ref[steady], atol=1e-4)
+    assert torch.all(y[0, :HOP].abs() <= ref[:HOP].abs().max() + 1e-4)  # the first frame fades in
+    assert state.shape == (1, 42) and state.dtype == torch.float64
+    assert 0 <= float(state[0, 0]) < 1
+
+
+def test_a_closed_gate_is_silent():
+    src = source()
+    set_constant(src, 120.0, 0.0, gate_logit=-60.0)
+    with torch.no_grad():
+        y, _, _ = src(torch.randn(2, 3, 8), None)
+    assert y.abs().max() < 1e-12
+
+
+def test_pitch_glides_without_a_click():
+    """A pitch jump between frames is a glide over the next frame, each harmonic one continuous sinusoid."""
+    src = source(harmonics=1)
+    with torch.no_grad():
+        set_constant(src, 100.0, math.log(0.5))
+        y1, state, _ = src(torch.zeros(1, 2, 8), None)
+        set_constant(src, 400.0, math.log(0.5))
+        y2, _, _ = src(torch.zeros(1, 2, 8), state)
+    y = torch.cat([y1, y2], 1)[0]
+    step = (y[1:] - y[:-1]).abs()
+    # a sinusoid of amplitude 0.5 at <= 400 Hz moves at most 2 pi 400 / SR * 0.5 = 0.052 per sample
+    assert float(step.max()) < 2 * math.pi * 400 / SR * 0.5 * 1.05
+    assert float(step[2 * HOP - 10 : 2 * HOP + 10].max()) < 2 * math.pi * 100 / SR * 0.5 * 1.5  # no jump at the call
+
+
+@pytest.mark.parametrize("split", [[1] * 7, [3, 4], [2, 1, 4]])
+def test_streaming_matches_one_shot(split):
+    src = source(seed=3)
+    with torch.no_grad():
+        src.proj.weight.normal_(0, 0.3)
+        src.proj.bias[2:] = -3.0
+        x = torch.randn(2, sum(split), 8)
+        ref, ref_state, _ = src(x, None)
+        outs, state, i = [], None, 0
+        for n in split:
+            y, state, _ = src(x[:, i : i + n], state)
+            outs.append(y)
+            i += n
+    # the phase is a running sum of the pitch: float32 rounding of the pitch in differently shaped matrix
+    # products moves it by ~1e-6 cycles per frame, a few 1e-5 of the peak after 7 frames
+    assert torch.allclose(torch.cat(outs, 1), ref, atol=1e-4 * float(ref.abs().max()))
+    assert torch.allclose(state, ref_state, atol=1e-5)
+
+
+def test_output_depends_on_past_frames_only():
+    src = source(seed=1)
+    with torch.no_grad():
+        src.proj.weight.normal_(0, 0.3)
+        src.proj.bias[2:] = -3.0
+        x = torch.randn(1, 6, 8)
+        y0, _, _ = src(x, None)
+        x2 = x.clone()
+        x2[:, 4:] += 1.0
+        y1, _, _ = src(x2, None)
+    assert torch.equal(y0[:, : 4 * HOP], y1[:, : 4 * HOP])
+    assert not torch.allclose(y0[:, 4 * HOP :], y1[:, 4 * HOP :])
+
+
+def test_scale_output_and_gradients():
+    src = source(seed=2)
+    with torch.no_grad():
+        src.proj.bias[2:] = -3.0
+    x = torch.randn(1, 4, 8)
+    with torch.no_grad():
+        y0, _, _ = src(x, None)
+        src.scale_output(0.25)
+        y1, _, _ = src(x, None)
+    assert torch.allclose(y1, 0.25 * y0, atol=1e-6)
+    src.train()
+    y, _, params = src(x, None)
+    (y.square().sum() + params["f0"].sum() + params["voicing"].sum()).backward()
+    g = src.proj.weight.grad
+    assert g is not None and bool(torch.isfinite(g).all()) and bool((g[2:] != 0).any()) and bool((g[0] != 0).any())
+
+
+def decoder_config(**kw) -> WaveNeXtConfig:
+    return WaveNeXtConfig(**{"input_dim": 12, "num_layers": 2, "dim": 16, "ffn_dim": 32, "kernel_size": 3,
+                             "hop_length": HOP, "head": "istft", "source": "harmonic", **kw})
+
+
+@pytest.mark.parametrize("head", ["istft", "linear"])
+def test_decoder_adds_the_source_and_streams_it(head):
+    torch.manual_seed(0)
+    dec = WaveNeXt(dataclasses.replace(decoder_config(), head=head)).eval()
+    x = torch.randn(1, 6, 12)
+    with torch.no_grad():
+        dec.source.proj.bias[2:] = -2.0
+        y, state, params = dec.synthesize(x)
+        assert set(params) == {"f0", "voicing"} and params["f0"].shape == (1, 6)
+        assert state[-1].shape == (1, 2 + 96)
+        dec.source.proj.bias[1] = -60.0  # gate closed: the head alone
+        y_head, _, _ = dec.synthesize(x)
+        assert not torch.allclose(y, y_head)
+        outs, st = [], None
+        for i in range(0, 6, 2):
+            o, st = dec(x[:, i : i + 2], st)
+            outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 1), y_head, atol=1e-5, rtol=0)
+    assert sum(p.numel() for p in dec.source.parameters()) == 16 * 66 + 66
+    assert not list(dec.buffers())
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"source": "pulse"}, "source must be"),
+    ({"source_harmonics": 0}, "source_harmonics"),
+    ({"source_f0_min": 300.0, "source_f0_max": 200.0}, "source_f0_min"),
+    ({"source_fmax": 13000.0}, "source_fmax"),
+    ({"source_fmax": 400.0}, "source_fmax"),
+])
+def test_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        decoder_config(**kw).validate()
+
+
+def test_codec_config_wants_the_output_rate():
+    from codec.presets import tiny_config
+
+    d = tiny_config(12).to_dict()
+    d["decoder_config"].update(head="istft", source="harmonic", sample_rate=16000)
+    with pytest.raises(ConfigError, match="output rate"):
+        CodecConfig.from_dict(d)
+    d["decoder_config"]["sample_rate"] = 24000
+    cfg = CodecConfig.from_dict(d)
+    assert CodecConfig.from_dict(cfg.to_dict()) == cfg and cfg.decoder_config.source == "harmonic"
+
+
+# ------------------------------------------------------------------------------------------- pitch targets
+def harmonic_wave(f0: torch.Tensor, sr: int = SR, partials: int = 25) -> torch.Tensor:
+    """A sawtooth-like tone following the per-sample pitch f0 (T,) -> (T,)."""
+    ph = torch.cumsum(f0.double() / sr, 0)
+    return sum((0.3 / k) * torch.sin(2 * math.pi * k * ph) for k in range(1, partials + 1)).float()
+
+
+@pytest.mark.parametrize("f0", [62.0, 137.0, 233.0, 410.0])
+def test_tracker_finds_a_steady_pitch(f0):
+    x = harmonic_wave(torch.full((SR,), f0))[None]
+    pitch, voiced, complete = track_pitch(x, SR, HOP)
+    assert pitch.shape == voiced.shape == (1, SR // HOP + 1) and complete.shape == (SR // HOP + 1,)
+    inner = complete.clone()
+    inner[:3] = False
+    assert voiced[0, inner].all()
+    assert torch.allclose(pitch[0, inner], torch.full_like(pitch[0, inner], f0), rtol=2e-3)
+
+
+def test_tracker_follows_a_glide_and_rejects_noise_and_silence():
+    f0 = torch.linspace(90.0, 320.0, SR)
+    x = torch.stack([harmonic_wave(f0), 0.1 * torch.randn(SR), torch.zeros(SR)])
+    pitch, voiced, complete = track_pitch(x, SR, HOP)
+    idx = torch.arange(5, 45)
+    truth = f0[idx * HOP]
+    assert voiced[0, idx].all()
+    assert (pitch[0, idx] / truth - 1).abs().max() < 0.03
+    assert not voiced[1:].any()
+    assert not complete[-1] and complete[:-2].all()
+
+
+def test_tracker_rates_each_item_on_its_own():
+    tone = harmonic_wave(torch.full((SR // 2,), 180.0))
+    alone, v_alone, _ = track_pitch(tone[None], SR, HOP)
+    both, v_both, _ = track_pitch(torch.stack([tone, 30 * tone]), SR, HOP)
+    assert torch.allclose(alone[0], both[0]) and torch.equal(v_alone[0], v_both[0])
+    with pytest.raises(ValueError, match="batch, samples"):
+        track_pitch(tone, SR, HOP)
+
+
+def test_pitch_losses_score_the_prediction_against_the_target():
+    x = harmonic_wave(torch.full((SR // 2,), 150.0))[None]
+    n = SR // 2 // HOP
+    right = {"f0": torch.full((1, n), 150.0), "voicing": torch.full((1, n), 8.0)}
+    octave = {"f0": torch.full((1, n), 300.0), "voicing": torch.full((1, n), -8.0)}
+    good, bad = (pitch_losses(p, x, SR, HOP, 50.0, 500.0) for p in (right, octave))
+    assert float(good["f0"]) < 0.01 and float(good["voicing"]) < 0.1 and float(good["gross"]) == 0.0
+    assert float(bad["f0"]) == pytest.approx(1.0, abs=0.01) and float(bad["gross"]) == 1.0
+    assert float(bad["voicing"]) > 5.0
+    assert 0.8 < float(good["voiced"]) <= 1.0
