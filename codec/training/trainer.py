@@ -308,9 +308,14 @@ class Trainer:
         if st.pitch_weight <= 0 or getattr(dec, "source", None) is None:
             return self.model.feats_to_sig(feats), target.new_zeros(())
         rec, _, params = dec.synthesize(feats)
-        p = pitch_losses(params, target, self.rate_out, self.frame_hop, dec.cfg.source_f0_min, dec.cfg.source_f0_max)
+        p = self._pitch_losses(params, target)
         logs.update({f"pitch_{k}": float(v.detach()) for k, v in p.items()})
         return rec.float(), p["f0"] + p["voicing"]
+
+    def _pitch_losses(self, params: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
+        """The harmonic source's pitch and voicing against the target waveform's (see pitch.pitch_losses)."""
+        cfg = self.model.decoder.cfg
+        return pitch_losses(params, target, self.rate_out, self.frame_hop, cfg.source_f0_min, cfg.source_f0_max)
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
         st = self.stage
@@ -360,15 +365,16 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         lats = self.model.sig_to_lats(x)
-        dec, extra = self.model.decoder, {}
-        if getattr(dec, "source", None) is not None:
-            rec, _, params = dec.synthesize(self.model.codes_to_qfeats(self.model.lats_to_codes(lats)))
-            p = pitch_losses(params, y, self.rate_out, self.frame_hop, dec.cfg.source_f0_min, dec.cfg.source_f0_max)
+        qfeats = self.model.codes_to_qfeats(self.model.lats_to_codes(lats))
+        extra = {}
+        if getattr(self.model.decoder, "source", None) is not None:
+            rec, _, params = self.model.decoder.synthesize(qfeats)
+            p = self._pitch_losses(params, y)
             extra = {"val_pitch_octaves": float(p["f0"]), "val_pitch_gross": float(p["gross"]),
                      "val_voicing_bce": float(p["voicing"])}
-            rec = rec[:, : y.shape[1]]
         else:
-            rec = self.model.codes_to_sig(self.model.lats_to_codes(lats))[:, : y.shape[1]]
+            rec = self.model.feats_to_sig(qfeats)
+        rec = rec[:, : y.shape[1]]
         mel, stft = self.spec_loss(rec, y)
         mel_li, _ = self.spec_loss(rec * (rms(y) / rms(rec)), y)
         phase = self.phase_loss(rec, y)
