@@ -200,6 +200,15 @@ class WaveNeXtConfig:
     ``source``: ``"none"`` or ``"harmonic"`` (adds :class:`codec.harmonic.HarmonicSource`: sinusoids at the
     multiples of a pitch predicted per frame, ``source_harmonics`` of them below ``source_fmax`` Hz, their
     amplitudes read from a ``source_bands``-point envelope; ``sample_rate`` must be the codec's output rate).
+    ``head_voiced_gain`` (istft head with the harmonic source): the factor on the head's spectra in frames
+    the source calls voiced (voicing logit > 0): at 1 the head adds to the harmonics everywhere, at 0 voiced
+    speech comes from the harmonics alone (trained with the source, the head otherwise fills voiced speech
+    with noise, and a soft gain on it only teaches it to be louder there); it applies below
+    ``head_voiced_above`` Hz (0: at all frequencies), above which voiced frames keep the head's noise
+    (breath, voiced fricatives). ``source_postfilter``: at decoding (eval mode) the
+    envelope's rise above its average over +-1 kHz is multiplied by this factor: trained by regression, the
+    envelope comes out flatter than speech, and raising its formants makes it sound less muffled (Codec2
+    post-filters its decoded envelope likewise); in training the envelope is used as predicted.
     """
 
     input_dim: int = 1024
@@ -220,6 +229,9 @@ class WaveNeXtConfig:
     source_f0_min: float = 50.0  # Hz
     source_f0_max: float = 500.0  # Hz
     source_fmax: float = 8000.0  # Hz: no harmonic at or above it
+    head_voiced_gain: float = 1.0
+    head_voiced_above: float = 0.0  # Hz
+    source_postfilter: float = 1.0  # decoding only: formant contrast of the envelope (1 = as predicted)
 
     def validate(self, where: str = "decoder_config") -> None:
         if self.kernel_size < 1 or self.hop_length < 1:
@@ -235,6 +247,14 @@ class WaveNeXtConfig:
             if not self.source_f0_max < self.source_fmax <= self.sample_rate / 2:
                 raise ConfigError(f"{where}: source_fmax ({self.source_fmax} Hz) must lie above source_f0_max "
                                   f"and at most half the sample rate ({self.sample_rate} Hz)")
+            if not 0.0 < self.source_postfilter <= 4.0:
+                raise ConfigError(f"{where}: source_postfilter must lie in (0, 4], got {self.source_postfilter}")
+            if not 0.0 <= self.head_voiced_gain <= 1.0:
+                raise ConfigError(f"{where}: head_voiced_gain must lie in [0, 1], got {self.head_voiced_gain}")
+            if not 0.0 <= self.head_voiced_above <= self.sample_rate / 2:
+                raise ConfigError(f"{where}: head_voiced_above must lie in [0, {self.sample_rate / 2}] Hz")
+            if self.head_voiced_gain != 1.0 and self.head != "istft":
+                raise ConfigError(f"{where}: head_voiced_gain needs the istft head")
         if self.head not in ("linear", "istft"):
             raise ConfigError(f"{where}: head must be 'linear' or 'istft', got {self.head!r}")
         if self.head == "istft":

@@ -126,13 +126,17 @@ class OverlapAddHead(nn.Module):
         below the magnitude clamp)."""
         self.proj.bias.view(self.sub, 2, self.bins)[:, 0].add_(math.log(gain))
 
-    def forward(self, x: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, tail: Tensor | None, gain: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x (B, N, dim) -> (samples (B, N * hop) float32, new tail); ``tail`` = the previous call's (None at
-        stream start)."""
+        stream start); ``gain`` (B, N, 1 or bins): a per-frame factor on the frame's sub-frame spectra (the
+        overlap-add crossfades it between frames)."""
         b, n, _ = x.shape
         m = n * self.sub
         logmag, phase = linear(self.proj, x).float().reshape(b, m, 2, self.bins).unbind(2)
-        spec = torch.polar(logmag.clamp(max=8.0).exp(), phase)
+        mag = logmag.clamp(max=8.0).exp()
+        if gain is not None:
+            mag = mag * gain.float().repeat_interleave(self.sub, 1)
+        spec = torch.polar(mag, phase)
         frames = torch.fft.irfft(spec, self.n_fft, dim=-1).reshape(b, m, self.overlap, self.sub_hop)
         frames.mul_(self._window(x.device))  # in place: irfft's backward does not need its output
         out = frames.new_zeros(b, m + self.overlap - 1, self.sub_hop)
@@ -155,9 +159,13 @@ class WaveNeXt(nn.Module):
         else:
             self.head = LinearHead(cfg.dim, cfg.hop_length)
         self.source: HarmonicSource | None = None
+        self.voiced_gain: float | None = None  # head_voiced_gain, None when the head is never scaled
         if cfg.source == "harmonic":
             self.source = HarmonicSource(cfg.dim, cfg.hop_length, cfg.sample_rate, cfg.source_harmonics,
-                                         cfg.source_bands, cfg.source_f0_min, cfg.source_f0_max, cfg.source_fmax)
+                                         cfg.source_bands, cfg.source_f0_min, cfg.source_f0_max, cfg.source_fmax,
+                                         cfg.source_postfilter)
+            if cfg.head_voiced_gain < 1.0:
+                self.voiced_gain = cfg.head_voiced_gain
 
     @torch.no_grad()
     def scale_output(self, gain: float) -> None:
@@ -170,19 +178,28 @@ class WaveNeXt(nn.Module):
         """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state, the harmonic source's
         per-frame pitch and voicing logits or None). ``state`` = the backbone's left contexts, then the
         overlap-add tail (istft head), then the source's state (harmonic source)."""
-        extra = iter(state[self.contexts:]) if state else None
+        extra = state[self.contexts:] if state else None
         h, new = self.backbone(x, state[: self.contexts] if state else None)
+        params = s = src = gain = None
+        if self.source is not None:
+            s, src, params = self.source(h, extra[-1] if extra else None)
+            if self.voiced_gain is not None:  # a hard switch: a soft gain the head would learn to make up for
+                gain = torch.where((params["voicing"].detach() > 0)[..., None], self._voiced_gains(h.device), 1.0)
         if self.overlap_add:
-            y, tail = self.head(h, next(extra) if extra else None)
+            y, tail = self.head(h, extra[0] if extra else None, gain)
             new.append(tail)
         else:
             y = self.head(h)
-        params = None
-        if self.source is not None:
-            s, src, params = self.source(h, next(extra) if extra else None)
+        if s is not None:
             y = y + s
             new.append(src)
         return y.clamp(-1.0, 1.0), new, params
+
+    def _voiced_gains(self, device: torch.device) -> Tensor:
+        """The head's per-bin factor in voiced frames: (bins,) = head_voiced_gain below head_voiced_above Hz, 1 above."""
+        cfg = self.cfg
+        freqs = torch.arange(cfg.head_fft // 2 + 1, device=device) * (cfg.sample_rate / cfg.head_fft)
+        return torch.where(freqs < (cfg.head_voiced_above or math.inf), cfg.head_voiced_gain, 1.0)
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
         """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state); see :meth:`synthesize`."""

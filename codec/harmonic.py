@@ -14,7 +14,9 @@ n's samples (no lookahead), and the phase is the running sum of the pitch, so ea
 continuous sinusoid across frames and streaming calls. The decoder adds this to its head's output, which
 keeps the noise and everything else. Pitch and gate are what a pitch loss trains
 (:mod:`codec.training.pitch`); the synthesis uses the pitch detached (the phase of a sinusoid is no
-gradient to learn a pitch from).
+gradient to learn a pitch from). The envelope learns from the waveform losses and, with an envelope loss,
+from the target's measured harmonic amplitudes: without it the waveform losses leave every harmonic but
+the lowest few to the head, as noise.
 
 Streaming state: (B, 2 + harmonics) float64 = [phase (cycles, in [0, 1)), last frame's f0, last frame's
 harmonic amplitudes]; a stream starts at phase 0 with the amplitudes fading in over its first frame.
@@ -25,20 +27,25 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import linear
 
 
 class HarmonicSource(nn.Module):
-    """(B, N, dim) features -> (B, N * hop) float32 samples, new state, {"f0": (B, N) Hz, "voicing": (B, N) logits}."""
+    """(B, N, dim) features -> (B, N * hop) float32 samples, new state, {"f0": (B, N) Hz, "voicing": (B, N)
+    logits, "envelope": (B, N, bands) log amplitudes}."""
 
     TAPER = 0.1  # share of fmax over which the highest harmonics fade out
     MAX_LOG_AMP = 2.0  # envelope clamp (amplitude e^2 per harmonic at most)
+    POSTFILTER_HZ = 1000.0  # the post-filter raises the envelope above its average over +- this
 
     def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, bands: int,
-                 f0_min: float, f0_max: float, fmax: float) -> None:
+                 f0_min: float, f0_max: float, fmax: float, postfilter: float = 1.0) -> None:
         super().__init__()
+        self.postfilter = postfilter
+        self.smooth = max(1, round(self.POSTFILTER_HZ * (bands - 1) / fmax))  # band points each side
         self.hop = hop
         self.sample_rate = sample_rate
         self.harmonics = harmonics
@@ -70,16 +77,12 @@ class HarmonicSource(nn.Module):
         f0 = self.f0_min * torch.exp(torch.sigmoid(p[..., 0]) * self.log_range)  # (B, N) Hz
         gate = torch.sigmoid(p[..., 1])
         env = p[..., 2:].clamp(max=self.MAX_LOG_AMP)
+        heard = env if self.training or self.postfilter == 1.0 else self.sharpen(env)
         f0d = f0.detach()
         k = torch.arange(1, self.harmonics + 1, device=x.device, dtype=torch.float32)
         freqs = f0d[..., None] * k  # (B, N, K) Hz
-        pos = (freqs * ((self.bands - 1) / self.fmax)).clamp(max=self.bands - 1)
-        i0 = pos.floor().clamp(max=self.bands - 2)
-        w = pos - i0
-        i0 = i0.long()
-        e = torch.lerp(env.gather(2, i0), env.gather(2, i0 + 1), w)  # envelope at each harmonic
         fade = ((self.fmax - freqs) * (1.0 / (self.TAPER * self.fmax))).clamp(0.0, 1.0)
-        amps = gate[..., None] * e.exp() * fade  # (B, N, K)
+        amps = gate[..., None] * self.envelope_at(heard, freqs).exp() * fade  # (B, N, K)
 
         if state is None:
             phase0 = torch.zeros(b, 1, dtype=torch.float64, device=x.device)
@@ -98,4 +101,21 @@ class HarmonicSource(nn.Module):
         ends = s @ torch.stack([a_from[..., :top], amps[..., :top]], 3)  # (B, N, hop, 2): at the start / end amplitudes
         y = torch.lerp(ends[..., 0], ends[..., 1], ramp).reshape(b, n * self.hop)
         new = torch.cat([phase[:, -1:].remainder(1.0), f0d[:, -1:].double(), amps[:, -1].detach().double()], 1)
-        return y, new, {"f0": f0, "voicing": p[..., 1]}
+        return y, new, {"f0": f0, "voicing": p[..., 1], "envelope": env}
+
+    def sharpen(self, env: Tensor) -> Tensor:
+        """The post-filter: (B, N, bands) log amplitudes with their rise above the average over
+        +-``POSTFILTER_HZ`` (edges repeated) scaled by ``postfilter``."""
+        b, n, k = env.shape
+        flat = F.pad(env.reshape(b * n, 1, k), (self.smooth, self.smooth), mode="replicate")
+        avg = F.avg_pool1d(flat, 2 * self.smooth + 1, stride=1).reshape(b, n, k)
+        return torch.lerp(avg, env, self.postfilter)
+
+    def envelope_at(self, env: Tensor, freqs: Tensor) -> Tensor:
+        """Log-amplitude envelopes (B, N, bands) read at frequencies (B, N, K) Hz (linear between the
+        band points, the last band's value above ``fmax``) -> (B, N, K)."""
+        pos = (freqs * ((self.bands - 1) / self.fmax)).clamp(0.0, self.bands - 1)
+        i0 = pos.floor().clamp(max=self.bands - 2)
+        w = pos - i0
+        i0 = i0.long()
+        return torch.lerp(env.gather(2, i0), env.gather(2, i0 + 1), w)

@@ -11,7 +11,7 @@ import torch
 from codec.config import CodecConfig, ConfigError, WaveNeXtConfig
 from codec.decoder import WaveNeXt
 from codec.harmonic import HarmonicSource
-from codec.training.pitch import pitch_losses, track_pitch
+from codec.training.pitch import harmonic_amplitudes, pitch_losses, track_pitch
 
 SR, HOP = 24000, 480
 
@@ -138,7 +138,8 @@ def test_decoder_adds_the_source_and_streams_it(head):
     with torch.no_grad():
         dec.source.proj.bias[2:] = -2.0
         y, state, params = dec.synthesize(x)
-        assert set(params) == {"f0", "voicing"} and params["f0"].shape == (1, 6)
+        assert set(params) == {"f0", "voicing", "envelope"} and params["f0"].shape == (1, 6)
+        assert params["envelope"].shape == (1, 6, dec.cfg.source_bands)
         assert state[-1].shape == (1, 2 + 96)
         dec.source.proj.bias[1] = -60.0  # gate closed: the head alone
         y_head, _, _ = dec.synthesize(x)
@@ -152,7 +153,91 @@ def test_decoder_adds_the_source_and_streams_it(head):
     assert not list(dec.buffers())
 
 
+def test_head_voiced_gain_quiets_the_head_where_the_gate_is_open():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 12)
+    outs = {}
+    for gain in (1.0, 0.25, 0.0):
+        torch.manual_seed(1)
+        dec = WaveNeXt(decoder_config(head_voiced_gain=gain)).eval()
+        with torch.no_grad():
+            dec.source.proj.bias[2:] = -60.0  # harmonics silent: the output is the head alone
+            dec.source.proj.weight.zero_()
+            dec.source.proj.bias[1] = 0.0  # logit 0: not voiced
+            half, _, _ = dec.synthesize(x)
+            dec.source.proj.bias[1] = 60.0  # gate open
+            voiced, _, _ = dec.synthesize(x)
+            dec.source.proj.bias[1] = -60.0  # gate closed
+            unvoiced, _, _ = dec.synthesize(x)
+            outs[gain] = (half, voiced, unvoiced)
+            # streaming matches one-shot with voicing that changes from frame to frame
+            dec.source.proj.bias[1] = 0.0
+            dec.source.proj.weight[1].normal_()
+            mixed, _, params = dec.synthesize(x)
+            assert (params["voicing"] > 0).any() and (params["voicing"] < 0).any()
+            parts, st = [], None
+            for i in range(0, 8, 3):
+                o, st = dec(x[:, i : i + 3], st)
+                parts.append(o)
+        torch.testing.assert_close(torch.cat(parts, 1), mixed, atol=1e-6, rtol=0)
+    ref_half, ref_voiced, ref_unvoiced = outs[1.0]
+    assert ref_voiced.abs().max() > 0
+    for gain, (half, voiced, unvoiced) in outs.items():
+        torch.testing.assert_close(unvoiced, ref_unvoiced, atol=1e-7, rtol=0)  # closed gate: head as it is
+        # voiced frames (logit > 0): the head times head_voiced_gain; a logit of exactly 0 counts as unvoiced
+        torch.testing.assert_close(voiced, ref_voiced * gain, atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(half, ref_half, atol=1e-7, rtol=0)
+
+
+def test_postfilter_raises_formants_at_decoding_only():
+    src = source(bands=65, postfilter=1.5)  # band points every 125 Hz: the average spans +-8 points
+    assert src.smooth == 8
+    grid = torch.arange(65.0)
+    slope = -0.05 * grid  # a spectral tilt is left as it is (away from the edges)
+    bump = slope + torch.exp(-0.5 * ((grid - 30) / 2.0) ** 2)  # plus one formant
+    out = src.sharpen(torch.stack([slope, bump])[None])[0]
+    torch.testing.assert_close(out[0, 8:-8], slope[8:-8])
+    avg = bump[22:39].mean()  # the average over +-8 points
+    assert float(out[1, 30]) == pytest.approx(float(avg + 1.5 * (bump[30] - avg)), abs=1e-5)
+    assert out[1, 30] > bump[30] + 0.3
+    # the synthesis uses it in eval mode only; training and postfilter 1 use the envelope as predicted
+    x = torch.randn(1, 4, 8)
+    plain = source(bands=65)
+    with torch.no_grad():
+        plain.proj.bias[2:] = -2.0
+        src.load_state_dict(plain.state_dict())
+        y_eval = src(x, None)[0]
+        y_plain = plain(x, None)[0]
+        src.train()
+        y_train = src(x, None)[0]
+    assert torch.equal(y_train, y_plain) and not torch.allclose(y_eval, y_plain)
+
+
+def test_head_voiced_above_keeps_the_head_above_a_frequency():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 12)
+    spectra = {}
+    for above in (0.0, 3000.0):
+        torch.manual_seed(1)
+        dec = WaveNeXt(decoder_config(head_voiced_gain=0.0, head_voiced_above=above)).eval()
+        with torch.no_grad():
+            dec.source.proj.weight.zero_()
+            dec.source.proj.bias[2:] = -60.0  # harmonics silent
+            dec.source.proj.bias[1] = 60.0  # every frame voiced
+            y, _, _ = dec.synthesize(x)
+        spectra[above] = torch.fft.rfft(y[0, 960:] * torch.hann_window(len(y[0, 960:]))).abs()
+    freqs = torch.fft.rfftfreq(len(y[0, 960:]), 1 / SR)
+    assert spectra[0.0].max() < 1e-20  # voiced everywhere, gain 0: no head at all (harmonics at e^-60)
+    high = spectra[3000.0][freqs > 3500].pow(2).sum()
+    low = spectra[3000.0][freqs < 2500].pow(2).sum()
+    assert high > 0 and low < 1e-4 * high
+
+
 @pytest.mark.parametrize("kw,message", [
+    ({"head_voiced_above": 13000.0}, "head_voiced_above"),
+    ({"source_postfilter": 0.0}, "source_postfilter"),
+    ({"head_voiced_gain": 1.5}, "head_voiced_gain"),
+    ({"head_voiced_gain": 0.5, "head": "linear"}, "istft head"),
     ({"source": "pulse"}, "source must be"),
     ({"source_harmonics": 0}, "source_harmonics"),
     ({"source_f0_min": 300.0, "source_f0_max": 200.0}, "source_f0_min"),
@@ -225,3 +310,41 @@ def test_pitch_losses_score_the_prediction_against_the_target():
     assert float(bad["f0"]) == pytest.approx(1.0, abs=0.01) and float(bad["gross"]) == 1.0
     assert float(bad["voicing"]) > 5.0
     assert 0.8 < float(good["voiced"]) <= 1.0
+
+
+def test_harmonic_amplitudes_are_measured_even_with_the_pitch_a_little_off():
+    t = torch.arange(SR) / SR
+    truth = torch.tensor([0.3, 0.1, 0.05, 0.2, 0.01])
+    x = sum(a * torch.sin(2 * math.pi * (k + 1) * 123.4 * t + k) for k, a in enumerate(truth))[None]
+    for off in (1.0, 1.01, 0.99):
+        amps = harmonic_amplitudes(x, torch.full((1, 50), 123.4 * off), SR, HOP, 8)
+        assert amps.shape == (1, 50, 8)
+        assert torch.allclose(amps[0, 5:45, :5], truth.expand(40, 5), rtol=0.05)  # frames clear of the ends
+        assert (amps[0, 5:45, 5:] < 1e-3).all()  # no partials there
+    # frames past the end of the signal (frame i is centred on sample i * HOP) read silence
+    amps = harmonic_amplitudes(x, torch.full((1, 60), 123.4), SR, HOP, 8)
+    assert amps[0, 52:].max() < 1e-6 and amps[0, 48, :5].min() > 5e-3
+
+
+def test_envelope_loss_pulls_the_envelope_to_the_harmonic_amplitudes():
+    torch.manual_seed(0)
+    src = source(bands=16)
+    x = harmonic_wave(torch.full((SR // 2,), 150.0), partials=53)[None]  # harmonic k (< 8 kHz): amplitude 0.3 / k
+    n = SR // 2 // HOP
+    freqs = torch.linspace(0, 8000, 16)
+    right = torch.log(0.3 * 150.0 / freqs.clamp_min(150.0)).expand(1, n, 16)
+    flat = torch.full((1, n, 16), math.log(0.3), requires_grad=True)
+    base = {"f0": torch.full((1, n), 150.0), "voicing": torch.full((1, n), 8.0)}
+    good = pitch_losses({**base, "envelope": right}, x, SR, HOP, 50.0, 500.0, src.envelope_at, 8000.0)
+    bad = pitch_losses({**base, "envelope": flat}, x, SR, HOP, 50.0, 500.0, src.envelope_at, 8000.0)
+    assert float(good["envelope"]) < 0.1 and float(bad["envelope"]) > 1.5
+    bad["envelope"].backward()
+    assert flat.grad is not None and flat.grad[0, 2:].abs().sum() > 0
+    assert "envelope" not in pitch_losses(base, x, SR, HOP, 50.0, 500.0)
+
+
+def test_envelope_at_reads_between_and_beyond_the_band_points():
+    src = source(bands=5)  # points at 0, 2, 4, 6, 8 kHz
+    env = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]).expand(1, 1, 5)
+    got = src.envelope_at(env, torch.tensor([[[0.0, 1000.0, 7000.0, 8000.0, 12000.0]]]))
+    assert torch.allclose(got, torch.tensor([[[0.0, 0.5, 3.5, 4.0, 4.0]]]))

@@ -578,7 +578,8 @@ def test_content_head_reads_the_log_mel_out_of_the_tokens(tmp_path, manifest):
 def test_pitch_loss_trains_the_harmonic_source(tmp_path, manifest):
     model = tiny_config(bits=16)
     model = model.replace(decoder_config=replace(model.decoder_config, head="istft", source="harmonic"))
-    cfg = replace(_cfg(manifest, [replace(E2E, steps=2, pitch_weight=1.0, source_lr_scale=10.0)]), model=model)
+    stage = replace(E2E, steps=2, pitch_weight=1.0, envelope_weight=1.0, source_lr_scale=10.0)
+    cfg = replace(_cfg(manifest, [stage]), model=model)
     tr = Trainer(cfg, tmp_path / "run", progress=False)
     before = tr.model.decoder.source.proj.weight.detach().clone()
     tr.run()
@@ -587,11 +588,13 @@ def test_pitch_loss_trains_the_harmonic_source(tmp_path, manifest):
     assert sum(len(g["params"]) for g in tr.opt.param_groups) == len(
         [q for q in tr.model.parameters() if q.requires_grad]) + len(list(tr.content.parameters() if tr.content else []))
     last = tr.history[-1]
-    for key in ("pitch_f0", "pitch_voicing", "pitch_gross", "pitch_voiced", "val_pitch_octaves", "val_pitch_gross"):
+    for key in ("pitch_f0", "pitch_voicing", "pitch_gross", "pitch_voiced", "pitch_envelope", "val_pitch_octaves",
+                "val_pitch_gross", "val_envelope"):
         assert key in last and math.isfinite(last[key]), key
     assert 0.0 < last["pitch_voiced"] <= 1.0  # the bundled clip is speech: some frames are voiced
     assert not torch.equal(tr.model.decoder.source.proj.weight, before)
-    # a stage without pitch_weight leaves the pitch out of the loss and the log
+    # a stage without pitch or envelope weight leaves them out of the loss and the log
     tr2 = Trainer(replace(cfg, stages=(replace(E2E, steps=1),)), tmp_path / "run2", progress=False)
     tr2.run()
-    assert "pitch_f0" not in tr2.history[-1] and "val_pitch_octaves" in tr2.history[-1]
+    assert "pitch_f0" not in tr2.history[-1] and "pitch_envelope" not in tr2.history[-1]
+    assert "val_pitch_octaves" in tr2.history[-1]

@@ -115,6 +115,9 @@ class StageConfig:
     # decoders with a harmonic source (codec.harmonic): weight of its pitch loss against the target's tracked
     # pitch (codec.training.pitch: |log2 f0 ratio| on voiced frames + voicing cross-entropy)
     pitch_weight: float = 0.0
+    # ... and of its envelope loss: |log amplitude error| (nats) at the target's harmonics on its voiced frames
+    # (pitch.harmonic_amplitudes); without it the source leaves all but the lowest harmonics to the head
+    envelope_weight: float = 0.0
     adversarial: bool = False  # decoder: hinge GAN with MPD + multi-resolution STFT discriminators
     adv_weight: float = 1.0
     fm_weight: float = 2.0

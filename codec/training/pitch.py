@@ -12,6 +12,7 @@ more than 40 dB below the loudest frame of its item (and above -70 dBFS).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -65,15 +66,45 @@ def track_pitch(wave: Tensor, sample_rate: int, hop: int, f0_min: float = 50.0, 
     return f0, voiced, complete
 
 
+@torch.no_grad()
+def harmonic_amplitudes(wave: Tensor, f0: Tensor, sample_rate: int, hop: int, harmonics: int,
+                        win: int = 1024, oversample: int = 4, search: int = 1) -> Tensor:
+    """Amplitudes of the harmonics of a given pitch, measured in the waveform: wave (B, T), f0 (B, F) Hz ->
+    (B, F, harmonics) linear amplitudes (a sinusoid of amplitude a gives a).
+
+    Frame i is a Hann window of ``win`` samples centred on sample ``i * hop`` (zero-padded at both ends, as
+    in :func:`track_pitch`). Harmonic k's amplitude is the spectrum's peak within ``search`` bins of the
+    window (``search * sample_rate / win`` Hz) of ``k * f0``, read off a spectrum ``oversample`` times finer
+    than the window's bins, so a pitch a little off still finds its harmonics' peaks.
+    """
+    b, t = wave.shape
+    n_frames = f0.shape[1]
+    x = F.pad(wave.float(), (win // 2, win // 2 + max(0, (n_frames - 1) * hop - t + 1)))
+    frames = x.unfold(1, win, hop)[:, :n_frames]  # (B, F, win)
+    window = torch.hann_window(win, periodic=False, device=wave.device)
+    n_fft = oversample * win
+    mag = torch.fft.rfft(frames * window, n_fft).abs() * (2.0 / window.sum())  # (B, F, n_fft / 2 + 1)
+    k = torch.arange(1, harmonics + 1, device=wave.device, dtype=f0.dtype)
+    centre = (f0[..., None] * k * (n_fft / sample_rate)).round().long()  # (B, F, K) bins
+    offsets = torch.arange(-search * oversample, search * oversample + 1, device=wave.device)
+    bins = (centre[..., None] + offsets).clamp(0, n_fft // 2)  # (B, F, K, S)
+    return mag.gather(2, bins.flatten(2)).view(bins.shape).amax(-1)
+
+
 def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, hop: int, f0_min: float,
-                 f0_max: float) -> dict[str, Tensor]:
+                 f0_max: float, envelope_at: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 fmax: float | None = None, floor_db: float = 50.0) -> dict[str, Tensor]:
     """The harmonic source's per-frame pitch and voicing (``HarmonicSource`` params, (B, N)) against the
     target waveform's (B, >= N * hop) tracked pitch.
 
     Frame n's values are reached at its last sample, ``(n + 1) * hop``: the tracker frame centred there is
     its target. Returns ``f0`` (mean |log2 ratio| over voiced frames, octaves), ``voicing`` (binary
     cross-entropy of the voicing logits), ``gross`` (share of voiced frames off by more than 20 %, no
-    gradient) and ``voiced`` (share of voiced frames, no gradient).
+    gradient) and ``voiced`` (share of voiced frames, no gradient). With ``envelope_at`` (the source's
+    :meth:`~codec.harmonic.HarmonicSource.envelope_at`) and ``fmax`` also ``envelope``: the mean |log
+    amplitude error| (nats) of the predicted envelope read at the target's harmonics below ``fmax`` on its
+    voiced frames, against the amplitudes measured there (:func:`harmonic_amplitudes`; each frame's floored
+    ``floor_db`` below its strongest harmonic, so the noise between formants counts as that, not as zero).
     """
     f0_ref, voiced_ref, complete = track_pitch(target, sample_rate, hop, f0_min, f0_max)
     n = min(params["f0"].shape[1], f0_ref.shape[1] - 1)
@@ -86,4 +117,15 @@ def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, ho
     f0_loss = (err * voiced).sum() / count
     bce = F.binary_cross_entropy_with_logits(logits[keep], voiced_ref[keep].float()) if keep.any() else logits.sum() * 0
     gross = ((err > math.log2(1.2)) & voiced).sum() / count
-    return {"f0": f0_loss, "voicing": bce, "gross": gross.detach(), "voiced": voiced.float().mean().detach()}
+    out = {"f0": f0_loss, "voicing": bce, "gross": gross.detach(), "voiced": voiced.float().mean().detach()}
+    if envelope_at is not None and fmax is not None:
+        harmonics = max(1, int(fmax / f0_min))
+        frames = F.pad(f0_ref, (1, 0))  # harmonic_amplitudes' frame i is centred on sample i * hop
+        amps = harmonic_amplitudes(target, frames, sample_rate, hop, harmonics)[:, 1:]  # (B, n, K)
+        freqs = f0_ref[..., None] * torch.arange(1, harmonics + 1, device=target.device, dtype=f0_ref.dtype)
+        floor = amps.amax(-1, keepdim=True) * 10 ** (-floor_db / 20)
+        ref = torch.log(torch.maximum(amps, floor).clamp_min(1e-7))
+        pred = envelope_at(params["envelope"][:, :n], freqs)
+        mask = (freqs < fmax) & voiced[..., None]
+        out["envelope"] = ((pred - ref).abs() * mask).sum() / mask.sum().clamp_min(1)
+    return out

@@ -257,8 +257,8 @@ class Trainer:
                     f = feature_mse(out["feats"], self.teacher(sig))
                     loss = loss + st.feature_weight * f
                     logs["feature"] = float(f.detach())
-                rec, pitch = self._decode(qfeats, target, st, logs)
-                loss = loss + st.pitch_weight * pitch
+                rec, source_loss = self._decode(qfeats, target, st, logs)
+                loss = loss + source_loss
             else:
                 ref = out["feats"].detach() if st.kind == "quantizer" else self.teacher(sig)
                 f = feature_mse(qfeats, ref)
@@ -271,8 +271,8 @@ class Trainer:
         elif st.kind == "decoder":
             with torch.no_grad():
                 feats = self.teacher(sig) if self.teacher is not None else m.sig_to_qfeats(sig)
-            rec, pitch = self._decode(feats, target, st, logs)
-            loss = loss + st.pitch_weight * pitch
+            rec, source_loss = self._decode(feats, target, st, logs)
+            loss = loss + source_loss
         if rec is not None:
             n = min(rec.shape[1], target.shape[1])  # teacher features may cover one frame less
             rec, target = rec[:, :n], target[:, :n]
@@ -301,21 +301,27 @@ class Trainer:
         return loss, logs, rec, target
 
     def _decode(self, feats: Tensor, target: Tensor, st: StageConfig, logs: dict[str, float]) -> tuple[Tensor, Tensor]:
-        """Features -> (waveform, pitch loss). The pitch loss (|log2 f0 ratio| + voicing cross-entropy against
-        the target's tracked pitch, parts logged) is 0 unless the decoder has a harmonic source and the stage
-        a ``pitch_weight``."""
+        """Features -> (waveform, source loss). The source loss (``pitch_weight`` x (|log2 f0 ratio| + voicing
+        cross-entropy against the target's tracked pitch) + ``envelope_weight`` x the envelope loss, parts
+        logged) is 0 unless the decoder has a harmonic source and the stage one of those weights."""
         dec = self.model.decoder
-        if st.pitch_weight <= 0 or getattr(dec, "source", None) is None:
+        if (st.pitch_weight <= 0 and st.envelope_weight <= 0) or getattr(dec, "source", None) is None:
             return self.model.feats_to_sig(feats), target.new_zeros(())
         rec, _, params = dec.synthesize(feats)
-        p = self._pitch_losses(params, target)
+        p = self._pitch_losses(params, target, envelope=st.envelope_weight > 0)
         logs.update({f"pitch_{k}": float(v.detach()) for k, v in p.items()})
-        return rec.float(), p["f0"] + p["voicing"]
+        loss = st.pitch_weight * (p["f0"] + p["voicing"])
+        if "envelope" in p:
+            loss = loss + st.envelope_weight * p["envelope"]
+        return rec.float(), loss
 
-    def _pitch_losses(self, params: dict[str, Tensor], target: Tensor) -> dict[str, Tensor]:
-        """The harmonic source's pitch and voicing against the target waveform's (see pitch.pitch_losses)."""
-        cfg = self.model.decoder.cfg
-        return pitch_losses(params, target, self.rate_out, self.frame_hop, cfg.source_f0_min, cfg.source_f0_max)
+    def _pitch_losses(self, params: dict[str, Tensor], target: Tensor, envelope: bool = True) -> dict[str, Tensor]:
+        """The harmonic source's pitch, voicing and (``envelope``) harmonic amplitudes against the target
+        waveform's (see pitch.pitch_losses)."""
+        dec = self.model.decoder
+        cfg = dec.cfg
+        return pitch_losses(params, target, self.rate_out, self.frame_hop, cfg.source_f0_min, cfg.source_f0_max,
+                            envelope_at=dec.source.envelope_at if envelope else None, fmax=cfg.source_fmax)
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
         st = self.stage
@@ -371,7 +377,7 @@ class Trainer:
             rec, _, params = self.model.decoder.synthesize(qfeats)
             p = self._pitch_losses(params, y)
             extra = {"val_pitch_octaves": float(p["f0"]), "val_pitch_gross": float(p["gross"]),
-                     "val_voicing_bce": float(p["voicing"])}
+                     "val_voicing_bce": float(p["voicing"]), "val_envelope": float(p["envelope"])}
         else:
             rec = self.model.feats_to_sig(qfeats)
         rec = rec[:, : y.shape[1]]
