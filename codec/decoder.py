@@ -134,8 +134,8 @@ class OverlapAddHead(nn.Module):
         m = n * self.sub
         logmag, phase = linear(self.proj, x).float().reshape(b, m, 2, self.bins).unbind(2)
         mag = logmag.clamp(max=8.0).exp()
-        if gain is not None:
-            mag = mag * gain.float().repeat_interleave(self.sub, 1)
+        if gain is not None:  # the frame's factor on each of its sub-frames (broadcast, no copy of it per sub-frame)
+            mag = (mag.view(b, n, self.sub, self.bins) * gain.float()[:, :, None]).view(b, m, self.bins)
         spec = torch.polar(mag, phase)
         frames = torch.fft.irfft(spec, self.n_fft, dim=-1).reshape(b, m, self.overlap, self.sub_hop)
         frames.mul_(self._window(x.device))  # in place: irfft's backward does not need its output
@@ -176,7 +176,7 @@ class WaveNeXt(nn.Module):
 
     def synthesize(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list, dict[str, Tensor] | None]:
         """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state, the harmonic source's
-        per-frame pitch and voicing logits or None). ``state`` = the backbone's left contexts, then the
+        per-frame pitch, voicing logits and envelope or None). ``state`` = the backbone's left contexts, then the
         overlap-add tail (istft head), then the source's state (harmonic source)."""
         extra = state[self.contexts:] if state else None
         h, new = self.backbone(x, state[: self.contexts] if state else None)
@@ -184,7 +184,8 @@ class WaveNeXt(nn.Module):
         if self.source is not None:
             s, src, params = self.source(h, extra[-1] if extra else None)
             if self.voiced_gain is not None:  # a hard switch: a soft gain the head would learn to make up for
-                gain = torch.where((params["voicing"].detach() > 0)[..., None], self._voiced_gains(h.device), 1.0)
+                on = self._voiced_gains(h.device) if self.cfg.head_voiced_above else self.voiced_gain
+                gain = torch.where((params["voicing"].detach() > 0)[..., None], on, 1.0)  # (B, N, 1 or bins)
         if self.overlap_add:
             y, tail = self.head(h, extra[0] if extra else None, gain)
             new.append(tail)
@@ -199,7 +200,7 @@ class WaveNeXt(nn.Module):
         """The head's per-bin factor in voiced frames: (bins,) = head_voiced_gain below head_voiced_above Hz, 1 above."""
         cfg = self.cfg
         freqs = torch.arange(cfg.head_fft // 2 + 1, device=device) * (cfg.sample_rate / cfg.head_fft)
-        return torch.where(freqs < (cfg.head_voiced_above or math.inf), cfg.head_voiced_gain, 1.0)
+        return torch.where(freqs < cfg.head_voiced_above, cfg.head_voiced_gain, 1.0)
 
     def forward(self, x: Tensor, state: list | None = None) -> tuple[Tensor, list]:
         """Features (B, N, C) -> (waveform (B, N * hop) clamped to [-1, 1], new state); see :meth:`synthesize`."""

@@ -12,7 +12,7 @@ harmonic k (1..``harmonics``) has amplitude ``gate * exp(envelope(k * f0))``, fa
 10 % below ``fmax``. Pitch and amplitudes go linearly from frame n-1's values to frame n's over frame
 n's samples (no lookahead), and the phase is the running sum of the pitch, so each harmonic is one
 continuous sinusoid across frames and streaming calls. The decoder adds this to its head's output, which
-keeps the noise and everything else. Pitch and gate are what a pitch loss trains
+keeps the noise and everything else (and can be switched off in voiced frames: ``head_voiced_gain``). Pitch and gate are what a pitch loss trains
 (:mod:`codec.training.pitch`); the synthesis uses the pitch detached (the phase of a sinusoid is no
 gradient to learn a pitch from). The envelope learns from the waveform losses and, with an envelope loss,
 from the target's measured harmonic amplitudes: without it the waveform losses leave every harmonic but
