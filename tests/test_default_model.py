@@ -71,7 +71,11 @@ def test_streaming_matches_one_shot(model, clip):
             outs.append(o)
     # float summation order differs between one call and 80 ms steps: a latent at the decision boundary may flip
     assert (toks == ref_toks).float().mean() >= 0.99
-    torch.testing.assert_close(torch.cat(outs, 1), ref_sig, rtol=1e-3, atol=1e-4)
+    # ... and the harmonic source integrates the pitch's rounding into its phase, which harmonic k multiplies
+    # by k: a few samples differ by ~3e-4 (of a 0.45 peak) on this 7.8 s clip, 80 dB below the signal
+    out = torch.cat(outs, 1)
+    torch.testing.assert_close(out, ref_sig, rtol=0, atol=2e-3 * float(ref_sig.abs().max()))
+    assert 10 * torch.log10(ref_sig.pow(2).sum() / (out - ref_sig).pow(2).sum()) > 60.0
 
 
 def test_quality_floor_on_unseen_speaker(model, clip):
