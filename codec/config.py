@@ -238,6 +238,8 @@ class WaveNeXtConfig:
             raise ConfigError(f"{where}: kernel_size and hop_length must be >= 1")
         if self.source not in ("none", "harmonic"):
             raise ConfigError(f"{where}: source must be 'none' or 'harmonic', got {self.source!r}")
+        if self.source != "harmonic" and (self.head_voiced_gain != 1.0 or self.source_postfilter != 1.0):
+            raise ConfigError(f"{where}: head_voiced_gain and source_postfilter need source = 'harmonic'")
         if self.source == "harmonic":
             if self.source_harmonics < 1 or self.source_bands < 2:
                 raise ConfigError(f"{where}: need source_harmonics >= 1 and source_bands >= 2")

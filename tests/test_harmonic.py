@@ -238,6 +238,8 @@ def test_head_voiced_above_keeps_the_head_above_a_frequency():
     ({"source_postfilter": 0.0}, "source_postfilter"),
     ({"head_voiced_gain": 1.5}, "head_voiced_gain"),
     ({"head_voiced_gain": 0.5, "head": "linear"}, "istft head"),
+    ({"head_voiced_gain": 0.0, "source": "none"}, "need source = 'harmonic'"),
+    ({"source_postfilter": 1.2, "source": "none"}, "need source = 'harmonic'"),
     ({"source": "pulse"}, "source must be"),
     ({"source_harmonics": 0}, "source_harmonics"),
     ({"source_f0_min": 300.0, "source_f0_max": 200.0}, "source_f0_min"),

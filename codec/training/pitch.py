@@ -106,10 +106,10 @@ def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, ho
     voiced frames, against the amplitudes measured there (:func:`harmonic_amplitudes`; each frame's floored
     ``floor_db`` below its strongest harmonic, so the noise between formants counts as that, not as zero).
     """
-    f0_ref, voiced_ref, complete = track_pitch(target, sample_rate, hop, f0_min, f0_max)
-    n = min(params["f0"].shape[1], f0_ref.shape[1] - 1)
+    f0_track, voiced_ref, complete = track_pitch(target, sample_rate, hop, f0_min, f0_max)
+    n = min(params["f0"].shape[1], f0_track.shape[1] - 1)
     f0, logits = params["f0"][:, :n], params["voicing"][:, :n]
-    f0_ref, voiced_ref = f0_ref[:, 1 : n + 1], voiced_ref[:, 1 : n + 1]
+    f0_ref, voiced_ref = f0_track[:, 1 : n + 1], voiced_ref[:, 1 : n + 1]
     keep = complete[1 : n + 1].expand_as(voiced_ref)
     voiced = voiced_ref & keep
     err = (torch.log2(f0) - torch.log2(f0_ref)).abs()
@@ -120,8 +120,7 @@ def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, ho
     out = {"f0": f0_loss, "voicing": bce, "gross": gross.detach(), "voiced": voiced.float().mean().detach()}
     if envelope_at is not None and fmax is not None:
         harmonics = max(1, int(fmax / f0_min))
-        frames = F.pad(f0_ref, (1, 0))  # harmonic_amplitudes' frame i is centred on sample i * hop
-        amps = harmonic_amplitudes(target, frames, sample_rate, hop, harmonics)[:, 1:]  # (B, n, K)
+        amps = harmonic_amplitudes(target, f0_track[:, : n + 1], sample_rate, hop, harmonics)[:, 1:]  # (B, n, K)
         freqs = f0_ref[..., None] * torch.arange(1, harmonics + 1, device=target.device, dtype=f0_ref.dtype)
         floor = amps.amax(-1, keepdim=True) * 10 ** (-floor_db / 20)
         ref = torch.log(torch.maximum(amps, floor).clamp_min(1e-7))
