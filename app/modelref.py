@@ -15,8 +15,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
 SPEECH_SAMPLE = ASSETS / "speech_sample.wav"
 DEFAULT_MODEL_ID = "focalchat-default"
-
-
 def default_model_available() -> bool:
     return (DEFAULT_MODEL_DIR / "config.json").exists() and (DEFAULT_MODEL_DIR / "model.safetensors").exists()
 
@@ -31,12 +29,15 @@ def untrained_model(seed: int = 0) -> FocalCodec:
     return model
 
 
-def load_model(spec: str = "default", allow_untrained: bool = False, mode: str = "fp32") -> FocalCodec:
+def load_model(spec: str = "default", allow_untrained: bool = False, mode: str = "auto") -> FocalCodec:
     """Load a model by name, hub id or folder (CheckpointError on a bad checkpoint).
 
-    ``mode``: fp32 (exact) | bf16 | int8 (fast paths for the full-size models, see codec.fastpath).
+    ``mode``: auto (:func:`app.precision.resolve_mode`) | fp32 (exact) | bf16 | int8 (see codec.fastpath).
     """
+    from app.precision import resolve_mode
     from codec.pretrained import load_pretrained
+
+    mode = resolve_mode(spec, mode)
 
     if spec == "default":
         if default_model_available():

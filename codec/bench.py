@@ -287,7 +287,7 @@ def worker_timing(args) -> dict[str, Any]:
             "tokens_out": tpc,
             "samples_out": m.output_chunk_size,
             "kv_frames": _kv_frames(es),
-            "num_params": sum(p.numel() for p in m.parameters()),
+            "num_params": m.num_params(),
             "weight_bytes": weight_bytes(m),
             "build_s": build_s,
             "warmup_s": warm_s,

@@ -153,7 +153,12 @@ class FocalCodec(nn.Module):
         return super().load_state_dict(*args, **kwargs)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.state_dict().values())
+        """Weights and buffers, counted by element (an int8 model's packed weights too)."""
+        n = 0
+        for v in self.state_dict().values():  # int8 layers hold (weight, bias) tuples and their dtype
+            for t in v if isinstance(v, tuple) else (v,):
+                n += t.numel() if isinstance(t, torch.Tensor) else 0
+        return n
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -21,8 +21,9 @@ CLIP = Path(__file__).parent / "data" / "speech" / "3080-5032-0001.flac"
 
 @pytest.fixture(scope="module")
 def model():
+    """The exact (fp32) model: what one-shot and streaming equivalence is checked on."""
     torch.set_num_threads(1)
-    return load_model("default")
+    return load_model("default", mode="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,32 @@ def test_quality_floor_on_unseen_speaker(model, clip):
     dec16 = resample(rec[0].numpy(), 24000, 16000)[: clip.shape[0]]
     score = stoi(clip, dec16, 16000, extended=False)
     assert score >= 0.55, f"STOI {score:.3f} on an unseen speaker: the default model is broken or untrained"
+
+
+def test_the_app_runs_it_in_int8_with_the_same_quality(model, clip):
+    """The app's precision for the embedded model (``auto``) is int8: its streaming tokens mostly agree with
+    fp32's (dynamic int8 quantises each step's activations with their own range) and it passes the same floor."""
+    from pystoi import stoi
+
+    from app.precision import resolve_mode
+
+    assert resolve_mode("default") == "int8" and resolve_mode("4k") == "fp32" and resolve_mode("x", "bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_mode("default", "fp8")
+    fast = load_model("default")
+    assert type(fast.decoder.backbone.layers[0].pwconv1) is not type(model.decoder.backbone.layers[0].pwconv1)
+    assert fast.num_params() == pytest.approx(model.num_params(), rel=0.01)  # packed int8 weights counted too
+    k = model.chunk_size
+    sig = torch.from_numpy(clip[: (clip.shape[0] // k) * k])[None]
+    with torch.inference_mode():
+        es = ds = None
+        toks, outs = [], []
+        for i in range(0, sig.shape[1], k):
+            t, es = fast.encode_step(sig[:, i : i + k], es)
+            o, ds = fast.decode_step(t, ds)
+            toks.append(t)
+            outs.append(o)
+        ref_toks = model.sig_to_toks(sig)
+    assert (torch.cat(toks, 1) == ref_toks).float().mean() >= 0.8
+    dec16 = resample(torch.cat(outs, 1)[0].numpy(), 24000, 16000)[: sig.shape[1]]
+    assert stoi(clip[: dec16.shape[0]], dec16, 16000, extended=False) >= 0.55

@@ -28,6 +28,8 @@ import select
 import sys
 import time
 
+from app.precision import MODE_HELP, MODES
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONNECT, EXIT_REFUSED, EXIT_LOST = 0, 1, 2, 3, 4, 5
 _END_CODES = {"hangup": EXIT_OK, "peer-hangup": EXIT_OK, "refused": EXIT_REFUSED, "peer-lost": EXIT_LOST,
               "connect-failed": EXIT_CONNECT, "handshake-timeout": EXIT_CONNECT, "error": EXIT_ERROR}
@@ -60,7 +62,7 @@ def register(sub) -> None:
                    help="host: [HOST:]PORT to listen on; connect: HOST:PORT to call")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder "
                                                       "(both sides need the same model)")
-    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"), help="model precision")
+    p.add_argument("--mode", default="auto", choices=MODES, help=MODE_HELP)
     audio = p.add_argument_group("audio (files or devices)")
     audio.add_argument("--input", metavar="WAV", help="send this audio file instead of the microphone")
     audio.add_argument("--output", metavar="WAV",

@@ -6,6 +6,8 @@ import argparse
 import sys
 import time
 
+from app.precision import MODE_HELP, MODES
+
 
 def register(sub) -> None:
     p = sub.add_parser("encode", help="compress an audio file to .fcs tokens",
@@ -14,16 +16,14 @@ def register(sub) -> None:
     p.add_argument("input", help="audio file (wav, flac, ogg, ...)")
     p.add_argument("output", help="compressed file to write (.fcs)")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
-    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
-                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
+    p.add_argument("--mode", default="auto", choices=MODES, help=MODE_HELP)
     p.set_defaults(func=encode)
 
     p = sub.add_parser("decode", help="decompress a .fcs file to WAV")
     p.add_argument("input", help="compressed file (.fcs)")
     p.add_argument("output", help="WAV file to write")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
-    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
-                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
+    p.add_argument("--mode", default="auto", choices=MODES, help=MODE_HELP)
     p.add_argument("--rate", type=int, default=None, help="resample the output to this rate (default: model rate)")
     p.add_argument("--force", action="store_true", help="decode even if the file names another model")
     p.add_argument("--partial", action="store_true", help="decode a truncated file up to the damage")
@@ -39,7 +39,7 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _load(spec: str, mode: str = "fp32"):
+def _load(spec: str, mode: str = "auto"):
     from app.modelref import load_model
 
     return load_model(spec, mode=mode)

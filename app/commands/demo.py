@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.precision import MODE_HELP, MODES
+
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="stream a speech file (or the mic) through the codec, optionally over a "
@@ -36,8 +38,7 @@ def register(sub) -> None:
                                    "call; writes the original and decoded WAVs for A/B listening.")
     p.add_argument("--input", default=None, help="speech file (default: the bundled assets/speech_sample.wav)")
     p.add_argument("--model", default="default", help="default | 2k | 4k | 65k | hub id | checkpoint folder")
-    p.add_argument("--mode", default="fp32", choices=("fp32", "bf16", "int8"),
-                   help="fp32 = exact; bf16 / int8 = faster, slightly different tokens (see focalchat bench)")
+    p.add_argument("--mode", default="auto", choices=MODES, help=MODE_HELP)
     p.add_argument("--out", default="out/demo", help="folder for original.wav and decoded.wav")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the app uses 1 per stream)")
     mic = p.add_argument_group("microphone (instead of a file)")

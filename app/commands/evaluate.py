@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from app.precision import MODES
+
 DEFAULT_CODECS = "default,codec2-700c,codec2-1300,codec2-3200,opus6,original"
 DEFAULT_METRICS = "pesq,stoi,wer,speaker,distillmos,dnsmos"
 
@@ -27,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--model", default=None, metavar="PATH",
                    help="FocalCodec checkpoint (folder, hub id, 2k/4k/65k) for the 'default' codec entry "
                         "[default: the embedded model; an untrained tiny one while none ships]")
+    p.add_argument("--mode", default="auto", choices=MODES,
+                   help="the FocalCodec entry's precision, as in the app: auto = int8 for the embedded model, "
+                        "fp32 for others [default: auto]")
     p.add_argument("--streaming", action="store_true",
                    help="run FocalCodec chunk by chunk (encode_step/decode_step, the app's path) instead of "
                         "the equivalent one-shot call")
@@ -44,17 +49,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-def _build_codecs(names: list[str], model_spec: str | None, streaming: bool):
+def _build_codecs(names: list[str], model_spec: str | None, streaming: bool, mode: str = "auto"):
     from codec.evaluation.baselines import FocalCodecModel, make_baseline
 
     codecs = []
     for name in names:
         if name in ("default", "model", "focalcodec"):
             from app.modelref import load_model
+            from app.precision import resolve_mode
 
-            model = load_model(model_spec or "default", allow_untrained=True)
+            spec = model_spec or "default"
+            precision = resolve_mode(spec, mode)
+            model = load_model(spec, allow_untrained=True, mode=precision)
             model.eval()
-            codecs.append(FocalCodecModel(model, name=name, streaming=streaming))
+            codecs.append(FocalCodecModel(model, name=name, streaming=streaming, mode=precision))
         else:
             codecs.append(make_baseline(name))
     return codecs
@@ -95,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:
         from codec.evaluation.harness import evaluate, markdown_table
 
-        codecs = _build_codecs(names, args.model, args.streaming)
+        codecs = _build_codecs(names, args.model, args.streaming, args.mode)
         results = evaluate(args.manifest, codecs, args.limit, metrics=metrics, asr=args.asr, out_dir=args.out,
                            save_wavs=args.save_wavs, codec_threads=args.threads, progress=not args.no_progress)
     except MissingEvalDependency as e:

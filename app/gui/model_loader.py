@@ -58,7 +58,7 @@ class ModelInfo:
                 f"per {self.chunk_ms:.0f} ms chunk")
 
 
-def load_with_info(spec: str, mode: str = "fp32", progress=None) -> tuple[Any, ModelInfo]:
+def load_with_info(spec: str, mode: str = "auto", progress=None) -> tuple[Any, ModelInfo]:
     """Load ``spec`` (as ``--model``), warm it up, describe it. Raises what :func:`app.modelref.load_model`
     raises (CheckpointError, OSError, ValueError...)."""
     progress = progress or (lambda pct, text: None)
@@ -67,6 +67,7 @@ def load_with_info(spec: str, mode: str = "fp32", progress=None) -> tuple[Any, M
     import torch
 
     from app.modelref import default_model_available, load_model
+    from app.precision import resolve_mode
 
     torch.set_num_threads(1)
     untrained = spec == "default" and not default_model_available() or spec.startswith("untrained")
@@ -74,6 +75,7 @@ def load_with_info(spec: str, mode: str = "fp32", progress=None) -> tuple[Any, M
         progress(15, f"fetching {spec} (from the Hugging Face cache or the hub)")
     else:
         progress(15, f"reading {spec}")
+    mode = resolve_mode(spec, mode)
     model = load_model(spec, allow_untrained=spec == "default", mode=mode)
     untrained = untrained or str(model.model_id or "").startswith("untrained")
     if not getattr(model, "causal", True):
@@ -109,7 +111,7 @@ class ModelLoader(QThread):
     loaded = Signal(object, object)
     failed = Signal(str)
 
-    def __init__(self, spec: str, mode: str = "fp32", parent=None) -> None:
+    def __init__(self, spec: str, mode: str = "auto", parent=None) -> None:
         super().__init__(parent)
         self.spec = spec
         self.mode = mode

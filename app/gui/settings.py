@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.precision import MODES
+
 #: Payload bitrate of the published checkpoints (kbps): one token every 20 ms of 11 / 12 / 16 bits.
 PUBLISHED_KBPS = {"2k": 0.55, "4k": 0.60, "65k": 0.80}
 PRESETS = ("default", "low-latency", "low-bandwidth")
@@ -40,7 +42,7 @@ class Settings:
     nickname: str = ""
     #: default | 2k | 4k | 65k | a hub id | a checkpoint folder (as ``--model`` of the CLI)
     model: str = "default"
-    mode: str = "fp32"
+    mode: str = "auto"  # model precision (app.precision.MODES)
     preset: str = "default"
     stun_url: str = ""
     turn_url: str = ""
@@ -138,8 +140,9 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if s.transmit_mode not in TRANSMIT_MODES:
         s.problems.append(f"{p}: unknown transmit mode {s.transmit_mode!r}; using 'continuous'")
         s.transmit_mode = "continuous"
-    if s.mode not in ("fp32", "bf16", "int8"):
-        s.mode = "fp32"
+    if s.mode not in MODES:
+        s.problems.append(f"{p}: unknown model precision {s.mode!r}; using 'auto'")
+        s.mode = "auto"
     s.output_volume = min(2.0, max(0.0, s.output_volume))
     return s
 

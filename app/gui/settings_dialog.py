@@ -21,7 +21,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.settings import PRESETS, Settings
+from app.precision import MODES
 
+MODE_LABELS = {"auto": "Automatic (int8 for the embedded model)", "fp32": "fp32 (exact)", "bf16": "bf16",
+               "int8": "int8 (fastest)"}
 PRESET_LABELS = {"default": "Default (1 chunk per packet)",
                  "low-latency": "Low latency (1 chunk, 1 redundant copy)",
                  "low-bandwidth": "Low bandwidth (480 ms packets, ≤ 3 kbps on the wire)"}
@@ -49,8 +52,8 @@ class SettingsDialog(QDialog):
         f.addRow("Call &preset:", self.preset)
         self.mode = QComboBox()
         self.mode.setAccessibleName("Model precision")
-        for m in ("fp32", "bf16", "int8"):
-            self.mode.addItem(m, m)
+        for m in MODES:
+            self.mode.addItem(MODE_LABELS.get(m, m), m)
         self.mode.setCurrentIndex(max(0, self.mode.findData(settings.mode)))
         f.addRow("Model p&recision:", self.mode)
         self.ptt_key = QKeySequenceEdit(QKeySequence(settings.ptt_key))

@@ -137,18 +137,20 @@ class Opus(Codec):
 class FocalCodecModel(Codec):
     """A loaded :class:`codec.model.FocalCodec`: 16 kHz in, its output rate out (24 kHz)."""
 
-    def __init__(self, model, name: str = "focalcodec", label: str | None = None, streaming: bool = False) -> None:
+    def __init__(self, model, name: str = "focalcodec", label: str | None = None, streaming: bool = False,
+                 mode: str = "fp32") -> None:
         bits = model.bits_per_token
         kbps = bits * float(model.config.token_rate) / 1000
-        label = label or f"FocalCodec {model.model_id or 'model'} ({bits} bits, {kbps:g} kbps)"
+        label = label or f"FocalCodec {model.model_id or 'model'} ({bits} bits, {kbps:g} kbps" + (
+            f", {mode})" if mode != "fp32" else ")")
         super().__init__(name, label + (" streaming" if streaming else ""), kbps, None)
-        self.model, self.streaming = model, streaming
+        self.model, self.streaming, self.mode = model, streaming, mode
 
     def describe(self) -> dict:
         d = super().describe()
         d.update(model_id=self.model.model_id, bits_per_token=self.model.bits_per_token,
                  token_rate=float(self.model.config.token_rate), streaming=self.streaming,
-                 num_params=self.model.num_params())
+                 num_params=self.model.num_params(), precision=self.mode)
         return d
 
     def encode_decode(self, sig16k):
