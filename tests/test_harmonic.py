@@ -11,7 +11,14 @@ import torch
 from codec.config import CodecConfig, ConfigError, WaveNeXtConfig
 from codec.decoder import WaveNeXt
 from codec.harmonic import HarmonicSource
-from codec.training.pitch import harmonic_amplitudes, pitch_losses, track_pitch
+from codec.training.discriminators import EnvelopeDiscriminator
+from codec.training.pitch import (
+    envelope_shapes,
+    harmonic_amplitudes,
+    harmonics_to_bands,
+    pitch_losses,
+    track_pitch,
+)
 
 SR, HOP = 24000, 480
 
@@ -350,3 +357,58 @@ def test_envelope_at_reads_between_and_beyond_the_band_points():
     env = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]).expand(1, 1, 5)
     got = src.envelope_at(env, torch.tensor([[[0.0, 1000.0, 7000.0, 8000.0, 12000.0]]]))
     assert torch.allclose(got, torch.tensor([[[0.0, 0.5, 3.5, 4.0, 4.0]]]))
+
+
+def test_harmonics_to_bands_reads_the_harmonics_on_a_fixed_grid():
+    f0 = torch.tensor([[100.0, 250.0]])
+    k = torch.arange(1, 41, dtype=torch.float32)
+    log_amps = 1.0 - 1e-3 * f0[..., None] * k  # linear in frequency: 1 - f / 1 kHz
+    got = harmonics_to_bands(log_amps, f0, 9, 4000.0)  # points every 500 Hz
+    hz = torch.linspace(0, 4000, 9)
+    want = 1.0 - 1e-3 * torch.maximum(hz, f0[..., None])  # below the first harmonic: its value
+    assert got.shape == (1, 2, 9) and torch.allclose(got, want, atol=1e-5)
+    # above the last harmonic: the last one's value
+    top = harmonics_to_bands(log_amps[..., :4], f0, 9, 4000.0)
+    assert torch.allclose(top[0, 0, 2:], torch.full((7,), 1.0 - 0.4))
+
+
+def test_envelope_shapes_drop_the_level_and_the_unvoiced_frames():
+    f0 = torch.full((1, 3), 125.0)
+    k = torch.arange(1, 65, dtype=torch.float32)
+    ref = torch.log(1.0 / k).expand(1, 3, 64)
+    louder = ref + 2.0
+    voiced = torch.tensor([[True, False, True]])
+    a, b = envelope_shapes(louder, ref, f0, voiced, 16, 8000.0)
+    assert torch.allclose(a, b, atol=1e-6)  # the same shape at another level
+    assert torch.equal(a[0, 1], torch.zeros(16)) and a[0, 0].abs().sum() > 1.0
+    assert torch.allclose(a[0, 0].mean(), torch.tensor(0.0), atol=1e-6)
+
+
+def test_pitch_losses_give_the_envelope_shapes_and_their_spread():
+    src = source(bands=16)
+    x = harmonic_wave(torch.full((SR // 2,), 150.0), partials=53)[None]  # amplitude 0.3 / k
+    n = SR // 2 // HOP
+    freqs = torch.linspace(0, 8000, 16)
+    right = torch.log(0.3 * 150.0 / freqs.clamp_min(150.0)).expand(1, n, 16)
+    flat = torch.full((1, n, 16), math.log(0.3), requires_grad=True)
+    base = {"f0": torch.full((1, n), 150.0), "voicing": torch.full((1, n), 8.0)}
+    good = pitch_losses({**base, "envelope": right}, x, SR, HOP, 50.0, 500.0, src.envelope_at, 8000.0, shapes=16)
+    bad = pitch_losses({**base, "envelope": flat}, x, SR, HOP, 50.0, 500.0, src.envelope_at, 8000.0, shapes=16)
+    v = good["shape_voiced"]
+    assert good["shape_pred"].shape == good["shape_ref"].shape == (1, n, 16) and v.float().mean() > 0.8
+    assert (good["shape_pred"] - good["shape_ref"])[v].abs().mean() < 0.1
+    assert float(good["spread"]) == pytest.approx(float(good["spread_ref"]), rel=0.1)
+    assert float(bad["spread"]) < 0.01 < float(bad["spread_ref"])  # a flat envelope has no spread
+    bad["shape_pred"].sum().backward()  # the shapes carry the gradient to the envelope
+    assert flat.grad is not None
+
+
+def test_envelope_discriminator_keeps_a_row_per_frame():
+    d = EnvelopeDiscriminator(channels=4)
+    x = torch.randn(2, 7, 64)
+    logits, feats = d(x)
+    assert logits.shape == (2, 7, 8) and len(feats) == 4
+    # a frame's logits see only frames within the receptive field (3 convs + output of 3 frames: +-4)
+    y = x.clone()
+    y[:, 0] += 1.0
+    assert torch.equal(d(y)[0][:, 5:], logits[:, 5:])

@@ -598,3 +598,33 @@ def test_pitch_loss_trains_the_harmonic_source(tmp_path, manifest):
     tr2.run()
     assert "pitch_f0" not in tr2.history[-1] and "pitch_envelope" not in tr2.history[-1]
     assert "val_pitch_octaves" in tr2.history[-1]
+
+
+def test_envelope_gan_trains_its_discriminator_and_resumes(tmp_path, manifest):
+    model = tiny_config(bits=16)
+    model = model.replace(decoder_config=replace(model.decoder_config, head="istft", source="harmonic"))
+    stage = replace(GAN, adversarial=False, steps=2, pitch_weight=1.0, envelope_weight=1.0, envelope_adv_weight=1.0,
+                    envelope_fm_weight=1.0, envelope_disc_channels=4, segment_chunks=8)
+    cfg = replace(_cfg(manifest, [stage]), model=model)
+    tr = Trainer(cfg, tmp_path / "run", progress=False)
+    tr._setup_stage()
+    before = {k: v.clone() for k, v in tr.env_disc.state_dict().items()}
+    tr.run()
+    last = tr.history[-1]
+    for key in ("env_adv_g", "env_fm", "env_adv_d", "pitch_spread", "pitch_spread_ref", "val_envelope_spread"):
+        assert key in last and math.isfinite(last[key]), key
+    after = tr.env_disc.state_dict()
+    assert any(not torch.equal(after[k], before[k]) for k in before)  # the discriminator learnt
+    assert tr.discs is None  # the waveform discriminators stay out of it
+    compact = tmp_path / "run" / "compact"
+    assert (compact / "envelope_discriminator.safetensors").exists()
+    again = Trainer(cfg, tmp_path / "again", progress=False)
+    again.load(compact)
+    for k, v in again.env_disc.state_dict().items():  # stored as fp16
+        torch.testing.assert_close(v, after[k], rtol=1e-3, atol=1e-3, msg=k)
+    exact = Trainer(cfg, tmp_path / "exact", progress=False)
+    exact.load(tmp_path / "run")
+    assert all(torch.equal(v, after[k]) for k, v in exact.env_disc.state_dict().items())
+    assert exact.opt_e is not None and exact.opt_e.state_dict()["state"]
+    with pytest.raises(ConfigError, match="envelope_weight"):
+        replace(stage, envelope_weight=0.0).validate("stage")

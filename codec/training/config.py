@@ -124,6 +124,12 @@ class StageConfig:
     disc_lr: float | None = None  # None = lr
     disc_channels: int = 32  # discriminator width: first layer's channels, doubling per layer (capped at 512)
     disc_start: int = 0  # generator-only steps before the discriminators join
+    # decoders with a harmonic source: hinge GAN on its envelope's shape (pitch.envelope_shapes, voiced frames;
+    # discriminators.EnvelopeDiscriminator, lr = disc_lr or lr) + feature matching, against the measured
+    # envelope's: the envelope loss alone learns the conditional median, flatter than any real envelope
+    envelope_adv_weight: float = 0.0
+    envelope_fm_weight: float = 0.0
+    envelope_disc_channels: int = 32
     freeze: tuple[str, ...] = ()  # extra parts to freeze: encoder, compressor, decompressor, decoder
     encoder_lr_scale: float = 1.0  # the encoder's learning rate relative to ``lr`` (slower for a pretrained one)
     # the decoder's harmonic source's learning rate relative to ``lr`` (faster when it joins a trained decoder:
@@ -137,8 +143,11 @@ class StageConfig:
             raise ConfigError(f"{where}: steps must be >= 1 and lr > 0")
         if not self.loss_ffts or any(int(n) != n or n < 16 for n in self.loss_ffts):
             raise ConfigError(f"{where}: loss_ffts must be FFT sizes >= 16, got {list(self.loss_ffts)}")
-        if self.disc_channels < 1:
-            raise ConfigError(f"{where}: disc_channels must be >= 1, got {self.disc_channels}")
+        if self.disc_channels < 1 or self.envelope_disc_channels < 1:
+            raise ConfigError(f"{where}: disc_channels and envelope_disc_channels must be >= 1")
+        if (self.envelope_adv_weight > 0 or self.envelope_fm_weight > 0) and self.envelope_weight <= 0:
+            raise ConfigError(f"{where}: the envelope GAN (envelope_adv_weight, envelope_fm_weight) needs the "
+                              "envelope measurement: set envelope_weight > 0")
         bad = set(self.freeze) - {"encoder", "compressor", "decompressor", "decoder"}
         if bad:
             raise ConfigError(f"{where}: unknown parts in freeze: {sorted(bad)}")

@@ -1,5 +1,6 @@
 """Discriminators for adversarial decoder training: multi-period (HiFi-GAN) and multi-resolution STFT
-(UnivNet / Vocos). Each returns, per sub-discriminator, logits and the list of feature maps.
+(UnivNet / Vocos). Each returns, per sub-discriminator, logits and the list of feature maps. And one for
+the harmonic source's spectral envelopes alone (:class:`EnvelopeDiscriminator`).
 
 Widths are scaled by ``channels`` (doubling per layer) so that a CPU run can afford them
 (HiFi-GAN uses 32..1024, growing 4x per layer).
@@ -88,3 +89,28 @@ class Discriminators(nn.Module):
             logits.append(lg)
             feats.append(f)
         return logits, feats
+
+
+class EnvelopeDiscriminator(nn.Module):
+    """Judges spectral envelopes: 2-D convs over (frames, bands) of log-amplitude shapes (B, N, bands)
+    (``pitch.envelope_shapes``), strided along frequency only, so logits (B, N, bands / 8) keep one row per
+    frame and unvoiced frames can be left out of the loss. Returns (logits, feature maps)."""
+
+    def __init__(self, channels: int = 32, layers: int = 3) -> None:
+        super().__init__()
+        self.channels = channels
+        chans = [1] + [min(channels * 2**i, 256) for i in range(layers)]
+        self.convs = nn.ModuleList(
+            weight_norm(nn.Conv2d(chans[i], chans[i + 1], (3, 5), (1, 2), padding=(1, 2))) for i in range(layers)
+        )
+        self.out = weight_norm(nn.Conv2d(chans[-1], 1, 3, 1, padding=1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        x = x.unsqueeze(1)  # (B, 1, N, bands)
+        feats = []
+        for c in self.convs:
+            x = F.leaky_relu(c(x), 0.1)
+            feats.append(x)
+        x = self.out(x)
+        feats.append(x)
+        return x.squeeze(1), feats

@@ -91,9 +91,36 @@ def harmonic_amplitudes(wave: Tensor, f0: Tensor, sample_rate: int, hop: int, ha
     return mag.gather(2, bins.flatten(2)).view(bins.shape).amax(-1)
 
 
+def harmonics_to_bands(log_amps: Tensor, f0: Tensor, bands: int, fmax: float) -> Tensor:
+    """Log amplitudes at the harmonics of a pitch, (B, F, K) at ``k * f0`` (B, F) Hz, read at ``bands``
+    points evenly spaced over 0..``fmax`` Hz (linear between harmonics; the first harmonic's value below
+    it, the last one's above) -> (B, F, bands): a fixed frequency grid whatever the pitch."""
+    k = log_amps.shape[-1]
+    band_hz = torch.linspace(0.0, fmax, bands, device=log_amps.device, dtype=f0.dtype)
+    pos = (band_hz / f0[..., None] - 1.0).clamp(0.0, k - 1)  # (B, F, bands) in harmonic indices (0 = k=1)
+    i0 = pos.floor().clamp(max=max(k - 2, 0))
+    w = (pos - i0).to(log_amps.dtype)
+    i0 = i0.long()
+    i1 = (i0 + 1).clamp(max=k - 1)
+    return torch.lerp(log_amps.gather(2, i0), log_amps.gather(2, i1), w)
+
+
+def envelope_shapes(pred: Tensor, ref: Tensor, f0: Tensor, voiced: Tensor, bands: int, fmax: float
+                    ) -> tuple[Tensor, Tensor]:
+    """What the envelope discriminator compares: predicted and measured log amplitudes at the same
+    harmonics (B, F, K), each on the fixed band grid (:func:`harmonics_to_bands`), less its mean over the
+    bands (the shape, not the level), zero on unvoiced frames (``voiced`` (B, F) bool) -> two (B, F, bands)."""
+    out = []
+    for la in (pred, ref):
+        img = harmonics_to_bands(la, f0, bands, fmax)
+        img = img - img.mean(-1, keepdim=True)
+        out.append(img * voiced[..., None])
+    return out[0], out[1]
+
+
 def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, hop: int, f0_min: float,
                  f0_max: float, envelope_at: Callable[[Tensor, Tensor], Tensor] | None = None,
-                 fmax: float | None = None, floor_db: float = 50.0) -> dict[str, Tensor]:
+                 fmax: float | None = None, floor_db: float = 50.0, shapes: int = 0) -> dict[str, Tensor]:
     """The harmonic source's per-frame pitch and voicing (``HarmonicSource`` params, (B, N)) against the
     target waveform's (B, >= N * hop) tracked pitch.
 
@@ -105,6 +132,10 @@ def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, ho
     amplitude error| (nats) of the predicted envelope read at the target's harmonics below ``fmax`` on its
     voiced frames, against the amplitudes measured there (:func:`harmonic_amplitudes`; each frame's floored
     ``floor_db`` below its strongest harmonic, so the noise between formants counts as that, not as zero).
+    With ``shapes`` (a band count) too, ``shape_pred`` and ``shape_ref`` (B, n, shapes): both envelopes'
+    shapes on voiced frames (:func:`envelope_shapes`, the prediction floored like the measurement),
+    ``shape_voiced`` (B, n) and, without gradient, ``spread`` and ``spread_ref``: their standard deviation
+    over frequency (nats, mean over voiced frames; a regression-smoothed envelope's is the smaller).
     """
     f0_track, voiced_ref, complete = track_pitch(target, sample_rate, hop, f0_min, f0_max)
     n = min(params["f0"].shape[1], f0_track.shape[1] - 1)
@@ -127,4 +158,12 @@ def pitch_losses(params: dict[str, Tensor], target: Tensor, sample_rate: int, ho
         pred = envelope_at(params["envelope"][:, :n], freqs)
         mask = (freqs < fmax) & voiced[..., None]
         out["envelope"] = ((pred - ref).abs() * mask).sum() / mask.sum().clamp_min(1)
+        if shapes:
+            floor_nats = floor_db * math.log(10) / 20
+            pred_f = torch.maximum(pred, pred.amax(-1, keepdim=True).detach() - floor_nats)
+            sp, sr = envelope_shapes(pred_f, ref, f0_ref, voiced, shapes, fmax)
+            out.update(shape_pred=sp, shape_ref=sr, shape_voiced=voiced)
+            with torch.no_grad():
+                for key, img in (("spread", sp), ("spread_ref", sr)):
+                    out[key] = (img.std(-1) * voiced).sum() / count
     return out

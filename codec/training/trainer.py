@@ -8,8 +8,9 @@ kind      trainable                               loss
 e2e       encoder, compressor, decompressor,      mel + STFT on the 24 kHz waveform, BSQ entropy,
           decoder                                 (teacher feature MSE), (self-feature MSE), (log-mel
                                                   read-out of the decompressed features: ContentHead),
-                                                  (adversarial + feature matching), (pitch and voicing of
-                                                  a harmonic source against the target's: pitch.py)
+                                                  (adversarial + feature matching), (pitch, voicing and
+                                                  envelope of a harmonic source against the target's:
+                                                  pitch.py; an envelope GAN on top)
 decoder   decoder                                 the same waveform (and pitch) losses, from teacher
                                                   features or from the frozen codec's decompressed features
 encoder   encoder                                 MSE to teacher features
@@ -43,7 +44,7 @@ from codec.model import FocalCodec
 
 from .config import StageConfig, TrainConfig
 from .data import SR, CropSampler, fixed_validation_set, load_corpus, split_by_speaker
-from .discriminators import Discriminators
+from .discriminators import Discriminators, EnvelopeDiscriminator
 from .losses import (
     ContentHead,
     MultiResolutionLoss,
@@ -145,8 +146,11 @@ class Trainer:
             self.content = ContentHead(cfg.model.decompressor_config.output_dim, cfg.model.encoder_config).to(self.device)
         self.discs: Discriminators | None = None
         self._discs_loaded = False
+        self.env_disc: EnvelopeDiscriminator | None = None  # stages with envelope_adv_weight / envelope_fm_weight
+        self._env_shapes: tuple[Tensor, Tensor, Tensor] | None = None  # this step's (fake, real, voiced), detached
         self.opt: torch.optim.Optimizer | None = None
         self.opt_d: torch.optim.Optimizer | None = None
+        self.opt_e: torch.optim.Optimizer | None = None
         self.pos = Position()
         utts = load_corpus(cfg.data.manifests, base=data_base)
         self.train_utts, self.valid_utts = split_by_speaker(utts, cfg.data.valid_fraction, cfg.seed)
@@ -197,8 +201,23 @@ class Trainer:
                                            weight_decay=st.weight_decay)
         else:
             self.opt_d = None
+        if self._envelope_gan(st):
+            if self.env_disc is None or self.env_disc.channels != st.envelope_disc_channels:
+                self.env_disc = EnvelopeDiscriminator(channels=st.envelope_disc_channels).to(self.device)
+            self.opt_e = torch.optim.AdamW(self.env_disc.parameters(), lr=st.disc_lr or st.lr, betas=st.betas,
+                                           weight_decay=st.weight_decay)
+        else:
+            self.opt_e = None
         log.info("stage %s (%s): %d steps, training %s (%.2f M parameters)", st.name, st.kind, st.steps,
                  ", ".join(parts), sum(p.numel() for p in params) / 1e6)
+
+    def _envelope_gan(self, st: StageConfig) -> bool:
+        return (st.envelope_adv_weight > 0 or st.envelope_fm_weight > 0) and self._source_bands() > 0
+
+    def _source_bands(self) -> int:
+        """The harmonic source's envelope points (0 without a source)."""
+        source = getattr(self.model.decoder, "source", None)
+        return source.bands if source is not None else 0
 
     def _spec_loss_at(self, ffts: tuple[int, ...]) -> MultiResolutionLoss:
         """The mel + STFT loss at these FFT sizes (built once per set)."""
@@ -308,20 +327,66 @@ class Trainer:
         if (st.pitch_weight <= 0 and st.envelope_weight <= 0) or getattr(dec, "source", None) is None:
             return self.model.feats_to_sig(feats), target.new_zeros(())
         rec, _, params = dec.synthesize(feats)
-        p = self._pitch_losses(params, target, envelope=st.envelope_weight > 0)
+        gan = self._envelope_gan(st) and st.envelope_weight > 0
+        p = self._pitch_losses(params, target, envelope=st.envelope_weight > 0, shapes=gan)
+        shapes = [p.pop(k) for k in ("shape_pred", "shape_ref", "shape_voiced")] if gan else None
         logs.update({f"pitch_{k}": float(v.detach()) for k, v in p.items()})
         loss = st.pitch_weight * (p["f0"] + p["voicing"])
         if "envelope" in p:
             loss = loss + st.envelope_weight * p["envelope"]
+        if shapes is not None:
+            loss = loss + self._envelope_g_loss(*shapes, st, logs)
         return rec.float(), loss
 
-    def _pitch_losses(self, params: dict[str, Tensor], target: Tensor, envelope: bool = True) -> dict[str, Tensor]:
+    def _envelope_g_loss(self, fake: Tensor, real: Tensor, voiced: Tensor, st: StageConfig,
+                         logs: dict[str, float]) -> Tensor:
+        """The generator's side of the envelope GAN (hinge on voiced frames + feature matching); keeps the
+        shapes, detached, for the discriminator's step in :meth:`train_step`."""
+        assert self.env_disc is not None
+        self._env_shapes = (fake.detach(), real, voiced)
+        if not voiced.any():
+            return fake.sum() * 0
+        self.env_disc.requires_grad_(False)
+        fake_logits, fake_feats = self.env_disc(fake)
+        with torch.no_grad():
+            _, real_feats = self.env_disc(real)
+        self.env_disc.requires_grad_(True)
+        m = voiced[..., None].to(fake_logits.dtype)
+        count = (m.sum() * fake_logits.shape[-1]).clamp_min(1)
+        g = (F.relu(1 - fake_logits) * m).sum() / count
+        fm = feature_matching_loss([real_feats], [fake_feats])
+        logs["env_adv_g"] = float(g.detach())
+        logs["env_fm"] = float(fm.detach())
+        return st.envelope_adv_weight * g + st.envelope_fm_weight * fm
+
+    def _envelope_d_step(self, st: StageConfig, logs: dict[str, float]) -> None:
+        """One step of the envelope discriminator on this step's shapes (hinge on voiced frames)."""
+        if self._env_shapes is None or self.opt_e is None or self.env_disc is None:
+            return
+        fake, real, voiced = self._env_shapes
+        self._env_shapes = None
+        if not voiced.any():
+            return
+        m = voiced[..., None].float()
+        real_logits, _ = self.env_disc(real)
+        fake_logits, _ = self.env_disc(fake)
+        count = (m.sum() * real_logits.shape[-1]).clamp_min(1)
+        d = ((F.relu(1 - real_logits) + F.relu(1 + fake_logits)) * m).sum() / count
+        self.opt_e.zero_grad(set_to_none=True)
+        d.backward()
+        torch.nn.utils.clip_grad_norm_(self.env_disc.parameters(), st.grad_clip)
+        self.opt_e.step()
+        logs["env_adv_d"] = float(d.detach())
+
+    def _pitch_losses(self, params: dict[str, Tensor], target: Tensor, envelope: bool = True,
+                      shapes: bool = False) -> dict[str, Tensor]:
         """The harmonic source's pitch, voicing and (``envelope``) harmonic amplitudes against the target
-        waveform's (see pitch.pitch_losses)."""
+        waveform's, and (``shapes``) both envelopes' shapes on the source's band grid (see pitch.pitch_losses)."""
         dec = self.model.decoder
         cfg = dec.cfg
         return pitch_losses(params, target, self.rate_out, self.frame_hop, cfg.source_f0_min, cfg.source_f0_max,
-                            envelope_at=dec.source.envelope_at if envelope else None, fmax=cfg.source_fmax)
+                            envelope_at=dec.source.envelope_at if envelope else None, fmax=cfg.source_fmax,
+                            shapes=self._source_bands() if shapes else 0)
 
     def train_step(self, sig: Tensor, target: Tensor) -> dict[str, float]:
         st = self.stage
@@ -356,6 +421,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.discs.parameters(), st.grad_clip)
             self.opt_d.step()
             logs["adv_d"] = float(d.detach())
+        self._envelope_d_step(st, logs)
         logs["loss"] = float(loss.detach())
         logs["grad_norm"] = float(gn)
         return logs
@@ -375,9 +441,10 @@ class Trainer:
         extra = {}
         if getattr(self.model.decoder, "source", None) is not None:
             rec, _, params = self.model.decoder.synthesize(qfeats)
-            p = self._pitch_losses(params, y)
+            p = self._pitch_losses(params, y, shapes=True)
             extra = {"val_pitch_octaves": float(p["f0"]), "val_pitch_gross": float(p["gross"]),
-                     "val_voicing_bce": float(p["voicing"]), "val_envelope": float(p["envelope"])}
+                     "val_voicing_bce": float(p["voicing"]), "val_envelope": float(p["envelope"]),
+                     "val_envelope_spread": float(p["spread"]), "val_envelope_spread_ref": float(p["spread_ref"])}
         else:
             rec = self.model.feats_to_sig(qfeats)
         rec = rec[:, : y.shape[1]]
@@ -403,9 +470,11 @@ class Trainer:
             "position": self.pos.__dict__,
             "model": self.model.state_dict(),
             "discs": self.discs.state_dict() if self.discs is not None else None,
+            "env_disc": self.env_disc.state_dict() if self.env_disc is not None else None,
             "content": self.content.state_dict() if self.content is not None else None,
             "opt": self.opt.state_dict() if self.opt is not None else None,
             "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+            "opt_e": self.opt_e.state_dict() if self.opt_e is not None else None,
             "samplers": {k: s.rng.bit_generator.state for k, s in self._samplers.items()},
             "torch_rng": torch.get_rng_state(),
         }
@@ -414,10 +483,11 @@ class Trainer:
         os.replace(tmp, self.out / "last.pt")
         compact = self.out / "compact"
         self.model.save_pretrained(compact, dtype=torch.float16)
-        if self.discs is not None:
-            save_file({k: v.detach().cpu().half().contiguous() for k, v in self.discs.state_dict().items()},
-                      str(compact / "discriminators.safetensors.tmp"))
-            os.replace(compact / "discriminators.safetensors.tmp", compact / "discriminators.safetensors")
+        for disc, name in ((self.discs, "discriminators"), (self.env_disc, "envelope_discriminator")):
+            if disc is not None:
+                save_file({k: v.detach().cpu().half().contiguous() for k, v in disc.state_dict().items()},
+                          str(compact / f"{name}.safetensors.tmp"))
+                os.replace(compact / f"{name}.safetensors.tmp", compact / f"{name}.safetensors")
         meta = {"format": "focalchat-train-compact", "version": COMPACT_VERSION, "position": self.pos.__dict__,
                 "stage_name": self.stage.name, "config": self.cfg.to_dict(), "history_tail": self.history[-20:]}
         (compact / "trainer.json.tmp").write_text(json.dumps(meta, indent=1))
@@ -440,6 +510,18 @@ class Trainer:
             return
         self.discs.load_state_dict(weights)
         self._discs_loaded = True
+
+    def _load_env_disc(self, weights: dict[str, Tensor] | None, where: Path) -> bool:
+        """The envelope discriminator's weights, where this stage has one of the same shape (else it starts
+        afresh, logged). True when loaded."""
+        if weights is None or self.env_disc is None:
+            return False
+        own = self.env_disc.state_dict()
+        if own.keys() != weights.keys() or any(own[k].shape != v.shape for k, v in weights.items()):
+            log.warning("%s: envelope discriminator of another shape: it starts afresh", where)
+            return False
+        self.env_disc.load_state_dict(weights)
+        return True
 
     def load(self, path: str | Path) -> None:
         """Resume from ``last.pt`` or a compact folder (see the module docstring)."""
@@ -466,6 +548,8 @@ class Trainer:
                     self.pos.rewarm_from = self.pos.step
             if state.get("opt_d") and self.opt_d is not None and self._discs_loaded:
                 self.opt_d.load_state_dict(state["opt_d"])
+            if self._load_env_disc(state.get("env_disc"), p) and state.get("opt_e") and self.opt_e is not None:
+                self.opt_e.load_state_dict(state["opt_e"])
             for k, s in state.get("samplers", {}).items():
                 self._sampler(int(k)).rng.bit_generator.state = s
             torch.set_rng_state(state["torch_rng"])
@@ -487,6 +571,9 @@ class Trainer:
         if (compact / "discriminators.safetensors").exists():
             dw = load_file(str(compact / "discriminators.safetensors"))
             self._load_discs({k: v.float() for k, v in dw.items()}, compact)
+        if (compact / "envelope_discriminator.safetensors").exists():
+            ew = load_file(str(compact / "envelope_discriminator.safetensors"))
+            self._load_env_disc({k: v.float() for k, v in ew.items()}, compact)
         self.pos.rewarm_from = self.pos.step
         log.info("resumed from compact checkpoint %s at stage %d step %d (optimiser restarted with warm-up)",
                  compact, self.pos.stage, self.pos.step)
@@ -515,9 +602,10 @@ class Trainer:
                 lr = lr_at(st, self.pos.step, self.pos.rewarm_from)
                 for g in self.opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)
-                if self.opt_d is not None:
-                    for g in self.opt_d.param_groups:
-                        g["lr"] = lr * (st.disc_lr or st.lr) / st.lr
+                for opt in (self.opt_d, self.opt_e):
+                    if opt is not None:
+                        for g in opt.param_groups:
+                            g["lr"] = lr * (st.disc_lr or st.lr) / st.lr
                 x, y = sampler.batch(bs)
                 logs = self.train_step(torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
                 for k, v in logs.items():
