@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from codec.fastpath import build, convert
+from codec.fastpath import build, convert, quantize_module
+from codec.layers import Conv1d
 from codec.model import FocalCodec
 from codec.presets import tiny_config
 from codec.pretrained import load_pretrained, save_pretrained
@@ -66,7 +67,19 @@ def test_int8_quantizes_every_weight_matrix():
     assert not any(type(mod) is torch.nn.Linear for mod in m.modules())
     convs = [mod for name, mod in m.named_modules() if name.endswith(("context_proj", "upscale.upscale"))]
     assert convs and all(mod.qlinear is not None and mod.weight.numel() == 0 for mod in convs)
-    assert m.encoder.encoder.positional_embedding.conv.qgroups is not None
+    # grouped convs: int8 per group where the groups are big, float where the per-group products cost more
+    assert m.encoder.encoder.positional_embedding.conv.qgroups is None
+    torch.manual_seed(0)
+    big, small = Conv1d(1024, 1024, 128, groups=16), Conv1d(192, 192, 32, groups=8)
+    x = torch.randn(1, 1024, 131)
+    with torch.no_grad():
+        ref = big(x)
+        for conv in (big, small):
+            quantize_module(conv)
+        y = big(x)
+    assert big.qgroups is not None and big.weight.numel() == 0
+    assert small.qgroups is None and small.weight.numel() == 192 * 24 * 32
+    assert float((y - ref).norm() / ref.norm()) < 0.05  # int8 per output channel: close to float
 
 
 def test_convert_in_place_and_errors():
