@@ -111,6 +111,20 @@ class Position:
     rewarm_from: int | None = None
 
 
+def _load_if_same_shape(module: torch.nn.Module | None, weights: dict[str, Tensor] | None, where: Path,
+                        what: str) -> bool:
+    """Load ``weights`` into ``module`` when both exist and every tensor fits; a misfit is logged (the module
+    keeps its fresh weights). True when loaded."""
+    if module is None or weights is None:
+        return False
+    own = module.state_dict()
+    if own.keys() != weights.keys() or any(own[k].shape != v.shape for k, v in weights.items()):
+        log.warning("%s: %s of another shape: they start afresh", where, what)
+        return False
+    module.load_state_dict(weights)
+    return True
+
+
 class Trainer:
     """Owns the model, the data, the optimisers and the checkpoints of one run."""
 
@@ -501,27 +515,12 @@ class Trainer:
     def _load_discs(self, weights: dict[str, Tensor], where: Path) -> None:
         """Discriminator weights from a checkpoint, unless this stage has none or they have another width
         (``disc_channels`` changed): then its discriminators start afresh (logged)."""
-        self._discs_loaded = False
-        if self.discs is None:
-            return
-        own = self.discs.state_dict()
-        if own.keys() != weights.keys() or any(own[k].shape != v.shape for k, v in weights.items()):
-            log.warning("%s: discriminators of another shape (disc_channels changed?): they start afresh", where)
-            return
-        self.discs.load_state_dict(weights)
-        self._discs_loaded = True
+        self._discs_loaded = _load_if_same_shape(self.discs, weights, where, "discriminators (disc_channels changed?)")
 
     def _load_env_disc(self, weights: dict[str, Tensor] | None, where: Path) -> bool:
         """The envelope discriminator's weights, where this stage has one of the same shape (else it starts
         afresh, logged). True when loaded."""
-        if weights is None or self.env_disc is None:
-            return False
-        own = self.env_disc.state_dict()
-        if own.keys() != weights.keys() or any(own[k].shape != v.shape for k, v in weights.items()):
-            log.warning("%s: envelope discriminator of another shape: it starts afresh", where)
-            return False
-        self.env_disc.load_state_dict(weights)
-        return True
+        return _load_if_same_shape(self.env_disc, weights, where, "envelope discriminator")
 
     def load(self, path: str | Path) -> None:
         """Resume from ``last.pt`` or a compact folder (see the module docstring)."""
