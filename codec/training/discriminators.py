@@ -14,6 +14,17 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
+def _conv_stack(convs: nn.ModuleList, out: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """Leaky-ReLU convs then the output conv on an image (B, 1, H, W) -> (logits, every layer's output)."""
+    feats = []
+    for c in convs:
+        x = F.leaky_relu(c(x), 0.1)
+        feats.append(x)
+    x = out(x)
+    feats.append(x)
+    return x, feats
+
+
 class PeriodDiscriminator(nn.Module):
     """Folds the waveform (B, T) into (B, 1, T / p, p) and runs 2-D convs along time."""
 
@@ -62,13 +73,7 @@ class ResolutionDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         spec = torch.stft(x, self.n_fft, self.n_fft // 4, window=self.window, return_complex=True)
-        x = torch.log(spec.abs().clamp_min(1e-5)).unsqueeze(1)  # (B, 1, F, frames)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), 0.1)
-            feats.append(x)
-        x = self.out(x)
-        feats.append(x)
+        x, feats = _conv_stack(self.convs, self.out, torch.log(spec.abs().clamp_min(1e-5)).unsqueeze(1))
         return x.flatten(1), feats
 
 
@@ -106,11 +111,5 @@ class EnvelopeDiscriminator(nn.Module):
         self.out = weight_norm(nn.Conv2d(chans[-1], 1, 3, 1, padding=1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        x = x.unsqueeze(1)  # (B, 1, N, bands)
-        feats = []
-        for c in self.convs:
-            x = F.leaky_relu(c(x), 0.1)
-            feats.append(x)
-        x = self.out(x)
-        feats.append(x)
+        x, feats = _conv_stack(self.convs, self.out, x.unsqueeze(1))  # (B, 1, N, bands) in
         return x.squeeze(1), feats
