@@ -86,6 +86,8 @@ def test_model_loads_in_background_and_untrained_warning_is_shown(qtbot, tmp_pat
     assert w.model_bar.info.untrained
     assert w.banner.isVisible() and "UNTRAINED" in w.banner.text()
     assert "0.80 kbps" in w.model_bar.kbps_label.text()  # the tiny model: 16-bit tokens
+    # precision 'auto' runs a stand-in in fp32 (int8 is for the embedded model), and the bar says so
+    assert w.model_bar.info.mode == "fp32" and "· fp32 ·" in w.model_bar.status.text()
     assert w.demo.run_btn.isEnabled()
     assert progress and progress[-1] == 100
     close(w, qtbot)

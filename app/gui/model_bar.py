@@ -120,7 +120,7 @@ class ModelBar(QWidget):
         self.load_btn.setEnabled(True)
         self.box.setEnabled(True)
         self.progress.setValue(100)
-        self.status.setText(f"{info.model_id} · {info.params_m:.1f} M params · enc {info.encode_ms:.1f} + "
+        self.status.setText(f"{info.model_id} · {info.params_m:.1f} M params · {info.mode} · enc {info.encode_ms:.1f} + "
                             f"dec {info.decode_ms:.1f} ms / {info.chunk_ms:.0f} ms"
                             + (" · UNTRAINED" if info.untrained else ""))
         self.status.setToolTip(info.summary())

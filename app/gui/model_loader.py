@@ -54,7 +54,7 @@ class ModelInfo:
 
     def summary(self) -> str:
         return (f"{self.model_id}: {self.bits} bits/token, {self.payload_kbps:.2f} kbps payload, "
-                f"{self.params_m:.1f} M params, encode {self.encode_ms:.1f} + decode {self.decode_ms:.1f} ms "
+                f"{self.params_m:.1f} M params, {self.mode}, encode {self.encode_ms:.1f} + decode {self.decode_ms:.1f} ms "
                 f"per {self.chunk_ms:.0f} ms chunk")
 
 
