@@ -15,6 +15,8 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "default_model"
 SPEECH_SAMPLE = ASSETS / "speech_sample.wav"
 DEFAULT_MODEL_ID = "focalchat-default"
+
+
 def default_model_available() -> bool:
     return (DEFAULT_MODEL_DIR / "config.json").exists() and (DEFAULT_MODEL_DIR / "model.safetensors").exists()
 
@@ -37,8 +39,7 @@ def load_model(spec: str = "default", allow_untrained: bool = False, mode: str =
     from app.precision import resolve_mode
     from codec.pretrained import load_pretrained
 
-    mode = resolve_mode(spec, mode)
-
+    mode = resolve_mode(spec, mode)  # the loaded model says which in ``model.mode``
     if spec == "default":
         if default_model_available():
             model = load_pretrained(DEFAULT_MODEL_DIR, mode=mode)

@@ -35,7 +35,7 @@ import torch
 from codec.evaluation.harness import read_manifest
 from codec.evaluation.metrics import DNSMOS, DistillMOS
 from codec.pretrained import load_pretrained
-from codec.training.pitch import harmonic_amplitudes, track_pitch
+from codec.training.pitch import harmonic_amplitudes, harmonics_to_bands, track_pitch
 
 
 def voiced_mask(x: np.ndarray, sr: int = 16000, hop: int = 320) -> np.ndarray:
@@ -48,11 +48,10 @@ def measured_params(ref: torch.Tensor, src, hop: int) -> tuple[torch.Tensor, tor
     """Original at the output rate (1, T) -> (f0 (1, N), voiced (1, N), envelope (1, N, bands)) per source frame."""
     f0, voiced, _ = track_pitch(ref, src.sample_rate, hop, src.f0_min, src.f0_min * math.exp(src.log_range))
     k = max(1, int(src.fmax / src.f0_min))
-    amps = harmonic_amplitudes(ref, f0, src.sample_rate, hop, k)[0].clamp_min(1e-7).log().numpy()
-    grid = np.linspace(0.0, src.fmax, src.bands)
-    env = np.stack([np.interp(grid, f * np.arange(1, k + 1), a) for f, a in zip(f0[0].tolist(), amps)])
+    amps = harmonic_amplitudes(ref, f0, src.sample_rate, hop, k).clamp_min(1e-7).log()
+    env = harmonics_to_bands(amps, f0, src.bands, src.fmax).float()
     # source frame n reaches its values at sample (n + 1) * hop: the tracker frame centred there
-    return f0[:, 1:], voiced[:, 1:], torch.from_numpy(env.astype(np.float32))[None, 1:]
+    return f0[:, 1:], voiced[:, 1:], env[:, 1:]
 
 
 def silence_mask(x: np.ndarray, hop: int = 320, below_db: float = 35.0) -> np.ndarray:

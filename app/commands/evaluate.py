@@ -56,13 +56,10 @@ def _build_codecs(names: list[str], model_spec: str | None, streaming: bool, mod
     for name in names:
         if name in ("default", "model", "focalcodec"):
             from app.modelref import load_model
-            from app.precision import resolve_mode
 
-            spec = model_spec or "default"
-            precision = resolve_mode(spec, mode)
-            model = load_model(spec, allow_untrained=True, mode=precision)
+            model = load_model(model_spec or "default", allow_untrained=True, mode=mode)
             model.eval()
-            codecs.append(FocalCodecModel(model, name=name, streaming=streaming, mode=precision))
+            codecs.append(FocalCodecModel(model, name=name, streaming=streaming, mode=model.mode))
         else:
             codecs.append(make_baseline(name))
     return codecs

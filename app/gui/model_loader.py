@@ -67,7 +67,6 @@ def load_with_info(spec: str, mode: str = "auto", progress=None) -> tuple[Any, M
     import torch
 
     from app.modelref import default_model_available, load_model
-    from app.precision import resolve_mode
 
     torch.set_num_threads(1)
     untrained = spec == "default" and not default_model_available() or spec.startswith("untrained")
@@ -75,7 +74,6 @@ def load_with_info(spec: str, mode: str = "auto", progress=None) -> tuple[Any, M
         progress(15, f"fetching {spec} (from the Hugging Face cache or the hub)")
     else:
         progress(15, f"reading {spec}")
-    mode = resolve_mode(spec, mode)
     model = load_model(spec, allow_untrained=spec == "default", mode=mode)
     untrained = untrained or str(model.model_id or "").startswith("untrained")
     if not getattr(model, "causal", True):
@@ -98,7 +96,7 @@ def load_with_info(spec: str, mode: str = "auto", progress=None) -> tuple[Any, M
                      payload_kbps=float(model.config.bitrate) / 1000.0, params_m=model.num_params() / 1e6,
                      untrained=untrained, warning=UNTRAINED_WARNING if untrained else "",
                      encode_ms=1000.0 * float(np.median(enc[1:])), decode_ms=1000.0 * float(np.median(dec[1:])),
-                     chunk_ms=chunk_ms, mode=mode)
+                     chunk_ms=chunk_ms, mode=model.mode)
     progress(100, "ready")
     return model, info
 
