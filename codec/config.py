@@ -205,7 +205,10 @@ class WaveNeXtConfig:
     speech comes from the harmonics alone (trained with the source, the head otherwise fills voiced speech
     with noise, and a soft gain on it only teaches it to be louder there); it applies below
     ``head_voiced_above`` Hz (0: at all frequencies), above which voiced frames keep the head's noise
-    (breath, voiced fricatives). ``source_postfilter``: at decoding (eval mode) the
+    (breath, voiced fricatives). ``source_voiced_fmax`` (Hz, 0: ``source_fmax``): the highest harmonic
+    frequency, the envelope still spanning ``source_fmax``: voiced speech is harmonic only up to a few kHz
+    and aperiodic above, and harmonics written up to 8 kHz are heard as a buzz. ``source_postfilter``: at
+    decoding (eval mode) the
     envelope's rise above its average over +-1 kHz is multiplied by this factor: trained by regression, the
     envelope comes out flatter than speech, and raising its formants makes it sound less muffled (Codec2
     post-filters its decoded envelope likewise); in training the envelope is used as predicted.
@@ -228,7 +231,8 @@ class WaveNeXtConfig:
     source_bands: int = 64
     source_f0_min: float = 50.0  # Hz
     source_f0_max: float = 500.0  # Hz
-    source_fmax: float = 8000.0  # Hz: no harmonic at or above it
+    source_fmax: float = 8000.0  # Hz: the envelope's span
+    source_voiced_fmax: float = 0.0  # Hz: no harmonic at or above it (0: source_fmax)
     head_voiced_gain: float = 1.0
     head_voiced_above: float = 0.0  # Hz
     source_postfilter: float = 1.0  # decoding only: formant contrast of the envelope (1 = as predicted)
@@ -249,6 +253,9 @@ class WaveNeXtConfig:
             if not self.source_f0_max < self.source_fmax <= self.sample_rate / 2:
                 raise ConfigError(f"{where}: source_fmax ({self.source_fmax} Hz) must lie above source_f0_max "
                                   f"and at most half the sample rate ({self.sample_rate} Hz)")
+            if not (self.source_voiced_fmax == 0.0 or self.source_f0_max < self.source_voiced_fmax <= self.source_fmax):
+                raise ConfigError(f"{where}: source_voiced_fmax ({self.source_voiced_fmax} Hz) must be 0 or lie above "
+                                  f"source_f0_max and at most source_fmax ({self.source_fmax} Hz)")
             if not 0.0 < self.source_postfilter <= 4.0:
                 raise ConfigError(f"{where}: source_postfilter must lie in (0, 4], got {self.source_postfilter}")
             if not 0.0 <= self.head_voiced_gain <= 1.0:

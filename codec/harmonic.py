@@ -9,7 +9,8 @@ outright: per frame (``hop`` samples) one linear map of the backbone features gi
 * a log-amplitude envelope at ``bands`` points evenly spaced over [0, ``fmax``] Hz;
 
 harmonic k (1..``harmonics``) has amplitude ``gate * exp(envelope(k * f0))``, faded out over the last
-10 % below ``fmax``. Pitch and amplitudes go linearly from frame n-1's values to frame n's over frame
+10 % below ``voiced_fmax`` (at most ``fmax``, the envelope's span: voiced speech is periodic only up to a few
+kHz, and harmonics written above that are heard as a buzz). Pitch and amplitudes go linearly from frame n-1's values to frame n's over frame
 n's samples (no lookahead), and the phase is the running sum of the pitch, so each harmonic is one
 continuous sinusoid across frames and streaming calls. The decoder adds this to its head's output, which
 keeps the noise and everything else (and can be switched off in voiced frames: ``head_voiced_gain``). Pitch and gate are what a pitch loss trains
@@ -42,7 +43,8 @@ class HarmonicSource(nn.Module):
     POSTFILTER_HZ = 1000.0  # the post-filter raises the envelope above its average over +- this
 
     def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, bands: int,
-                 f0_min: float, f0_max: float, fmax: float, postfilter: float = 1.0) -> None:
+                 f0_min: float, f0_max: float, fmax: float, postfilter: float = 1.0,
+                 voiced_fmax: float | None = None) -> None:
         super().__init__()
         self.postfilter = postfilter
         self.smooth = max(1, round(self.POSTFILTER_HZ * (bands - 1) / fmax))  # band points each side
@@ -53,6 +55,7 @@ class HarmonicSource(nn.Module):
         self.f0_min = f0_min
         self.log_range = math.log(f0_max / f0_min)
         self.fmax = fmax
+        self.voiced_fmax = min(voiced_fmax or fmax, fmax)
         self.proj = nn.Linear(dim, 2 + bands)
         self.reset_parameters()
 
@@ -81,7 +84,7 @@ class HarmonicSource(nn.Module):
         f0d = f0.detach()
         k = torch.arange(1, self.harmonics + 1, device=x.device, dtype=torch.float32)
         freqs = f0d[..., None] * k  # (B, N, K) Hz
-        fade = ((self.fmax - freqs) * (1.0 / (self.TAPER * self.fmax))).clamp(0.0, 1.0)
+        fade = ((self.voiced_fmax - freqs) * (1.0 / (self.TAPER * self.voiced_fmax))).clamp(0.0, 1.0)
         amps = gate[..., None] * self.envelope_at(heard, freqs).exp() * fade  # (B, N, K)
 
         if state is None:
@@ -95,8 +98,8 @@ class HarmonicSource(nn.Module):
         f0_t = torch.lerp(f0_from[..., None], f0d[..., None], ramp)  # (B, N, hop) Hz per sample
         phase = torch.cumsum(f0_t.reshape(b, n * self.hop).double() * (1.0 / self.sample_rate), 1).add_(phase0)
         cyc = phase.remainder(1.0).float().reshape(b, n, self.hop, 1)
-        # harmonics at or above fmax at both ends of every frame are silent: only the others are synthesised
-        top = min(self.harmonics, int(self.fmax / float(torch.minimum(f0_from, f0d).min())) + 1)
+        # harmonics at or above voiced_fmax at both ends of every frame are silent: only the others are synthesised
+        top = min(self.harmonics, int(self.voiced_fmax / float(torch.minimum(f0_from, f0d).min())) + 1)
         s = torch.sin(cyc * (2 * math.pi) * k[:top])  # (B, N, hop, top)
         # (B, N, 2, hop): the sum at the frame's start / end amplitudes (2 x top @ top x hop: a wide product,
         # much faster than hop x top @ top x 2)

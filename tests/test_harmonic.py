@@ -59,6 +59,29 @@ def test_a_steady_pitch_gives_its_harmonics_below_fmax():
     assert 0 <= float(state[0, 0]) < 1
 
 
+def test_voiced_fmax_stops_the_harmonics_below_the_envelope_span():
+    """The same steady source with voiced_fmax 4 kHz: the harmonics below 3.6 kHz unchanged, none at or above
+    4 kHz (linear fade between), the envelope still read over the full 8 kHz span."""
+    full, cut = source(), source(voiced_fmax=4000.0)
+    for src in (full, cut):
+        set_constant(src, 200.0, math.log(0.01))
+    x = torch.randn(1, 6, 8)
+    with torch.no_grad():
+        y_full, _, p_full = full(x, None)
+        y_cut, state, p_cut = cut(x, None)
+    assert cut.voiced_fmax == 4000.0 and source(voiced_fmax=12000.0).voiced_fmax == 8000.0
+    assert torch.equal(p_full["envelope"], p_cut["envelope"])
+    spec = lambda y: torch.fft.rfft(y[0, HOP:].double()).abs()  # 5 frames, 5 Hz bins
+    freqs = torch.fft.rfftfreq(5 * HOP, 1 / SR)
+    s_full, s_cut = spec(y_full), spec(y_cut)
+    below, above = freqs < 3500, freqs > 4100
+    assert torch.allclose(s_cut[below], s_full[below], atol=1e-3 * float(s_full.max()))
+    assert s_cut[above].max() < 1e-4 * s_cut.max() and s_full[above].max() > 0.3 * s_full.max()
+    at_3800 = int(torch.argmin((freqs - 3800).abs()))
+    assert 0.4 < float(s_cut[at_3800] / s_full[at_3800]) < 0.6  # halfway down the fade
+    assert state.shape == (1, 42)
+
+
 def test_a_closed_gate_is_silent():
     src = source()
     set_constant(src, 120.0, 0.0, gate_logit=-60.0)
@@ -240,6 +263,11 @@ def test_head_voiced_above_keeps_the_head_above_a_frequency():
     assert high > 0 and low < 1e-4 * high
 
 
+def test_decoder_config_sets_the_highest_harmonic():
+    assert WaveNeXt(decoder_config()).source.voiced_fmax == 8000.0  # 0: source_fmax
+    assert WaveNeXt(decoder_config(source_voiced_fmax=4000.0)).source.voiced_fmax == 4000.0
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"head_voiced_above": 13000.0}, "head_voiced_above"),
     ({"source_postfilter": 0.0}, "source_postfilter"),
@@ -252,6 +280,8 @@ def test_head_voiced_above_keeps_the_head_above_a_frequency():
     ({"source_f0_min": 300.0, "source_f0_max": 200.0}, "source_f0_min"),
     ({"source_fmax": 13000.0}, "source_fmax"),
     ({"source_fmax": 400.0}, "source_fmax"),
+    ({"source_voiced_fmax": 9000.0}, "source_voiced_fmax"),
+    ({"source_voiced_fmax": 300.0}, "source_voiced_fmax"),
 ])
 def test_config_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
