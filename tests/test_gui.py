@@ -61,6 +61,22 @@ def test_settings_round_trip_and_bad_values(tmp_path):
     assert load_settings(p).problems
 
 
+def test_settings_of_the_first_version_move_from_the_old_default_precision(tmp_path):
+    """Files written before precision "auto" existed hold the old default "fp32" (which misses real time on the
+    embedded model): they load as "auto"; a file of this version keeps an "fp32" chosen in the dialog."""
+    from app.gui.settings import SETTINGS_VERSION, Settings, load_settings, save_settings
+
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({"nickname": "ann", "mode": "fp32"}))
+    old = load_settings(p)
+    assert old.mode == "auto" and old.nickname == "ann" and not old.problems
+    save_settings(Settings(mode="fp32"), p)
+    assert json.loads(p.read_text())["version"] == SETTINGS_VERSION
+    assert load_settings(p).mode == "fp32"
+    p.write_text(json.dumps({"mode": "int8"}))
+    assert load_settings(p).mode == "int8"
+
+
 def test_address_parsing():
     from app.gui.controller import parse_address
 

@@ -21,6 +21,9 @@ from app.precision import MODES
 PUBLISHED_KBPS = {"2k": 0.55, "4k": 0.60, "65k": 0.80}
 PRESETS = ("default", "low-latency", "low-bandwidth")
 TRANSMIT_MODES = ("continuous", "ptt", "vad")
+#: 2: precision "auto" (int8 for the embedded model) is the default; files without a version are 1, whose
+#: default precision was "fp32"
+SETTINGS_VERSION = 2
 
 
 def config_home() -> Path:
@@ -67,6 +70,7 @@ class Settings:
     demo_jitter_ms: float = 0.0
     window_geometry: str = ""
     window_tab: int = 0
+    version: int = SETTINGS_VERSION
     problems: list[str] = field(default_factory=list, repr=False, compare=False)
 
     def recordings_path(self) -> Path:
@@ -140,6 +144,8 @@ def load_settings(path: str | Path | None = None) -> Settings:
     if s.transmit_mode not in TRANSMIT_MODES:
         s.problems.append(f"{p}: unknown transmit mode {s.transmit_mode!r}; using 'continuous'")
         s.transmit_mode = "continuous"
+    if "version" not in raw and s.mode == "fp32":  # the old default, not a choice: fp32 misses real time
+        s.mode = "auto"
     if s.mode not in MODES:
         s.problems.append(f"{p}: unknown model precision {s.mode!r}; using 'auto'")
         s.mode = "auto"
@@ -150,6 +156,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
     p = Path(path) if path is not None else default_config_path()
     p.parent.mkdir(parents=True, exist_ok=True)
+    settings.version = SETTINGS_VERSION
     data = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=str(p.parent))
     try:
