@@ -208,10 +208,10 @@ class WaveNeXtConfig:
     (breath, voiced fricatives). ``source_voiced_fmax`` (Hz, 0: ``source_fmax``): the highest harmonic
     frequency, the envelope still spanning ``source_fmax``: voiced speech is harmonic only up to a few kHz
     and aperiodic above, and harmonics written up to 8 kHz are heard as a buzz. ``source_postfilter``: at
-    decoding (eval mode) the
-    envelope's rise above its average over +-1 kHz is multiplied by this factor: trained by regression, the
-    envelope comes out flatter than speech, and raising its formants makes it sound less muffled (Codec2
-    post-filters its decoded envelope likewise); in training the envelope is used as predicted.
+    decoding (eval mode) the envelope's rise above its average over +-1 kHz is multiplied by this factor:
+    trained by regression, the envelope comes out flatter than speech, and raising its formants makes it
+    sound less muffled (Codec2 post-filters its decoded envelope likewise); in training the envelope is used
+    as predicted.
     """
 
     input_dim: int = 1024

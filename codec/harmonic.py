@@ -9,11 +9,12 @@ outright: per frame (``hop`` samples) one linear map of the backbone features gi
 * a log-amplitude envelope at ``bands`` points evenly spaced over [0, ``fmax``] Hz;
 
 harmonic k (1..``harmonics``) has amplitude ``gate * exp(envelope(k * f0))``, faded out over the last
-10 % below ``voiced_fmax`` (at most ``fmax``, the envelope's span: voiced speech is periodic only up to a few
-kHz, and harmonics written above that are heard as a buzz). Pitch and amplitudes go linearly from frame n-1's values to frame n's over frame
-n's samples (no lookahead), and the phase is the running sum of the pitch, so each harmonic is one
-continuous sinusoid across frames and streaming calls. The decoder adds this to its head's output, which
-keeps the noise and everything else (and can be switched off in voiced frames: ``head_voiced_gain``). Pitch and gate are what a pitch loss trains
+10 % below ``voiced_fmax`` (at most ``fmax``, the envelope's span: voiced speech is periodic only up to a
+few kHz, and harmonics written above that are heard as a buzz). Pitch and amplitudes go linearly from frame
+n-1's values to frame n's over frame n's samples (no lookahead), and the phase is the running sum of the
+pitch, so each harmonic is one continuous sinusoid across frames and streaming calls. The decoder adds
+this to its head's output, which keeps the noise and everything else (and can be switched off in voiced
+frames: ``head_voiced_gain``, below ``head_voiced_above``). Pitch and gate are what a pitch loss trains
 (:mod:`codec.training.pitch`); the synthesis uses the pitch detached (the phase of a sinusoid is no
 gradient to learn a pitch from). The envelope learns from the waveform losses and, with an envelope loss,
 from the target's measured harmonic amplitudes: without it the waveform losses leave every harmonic but
