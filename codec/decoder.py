@@ -163,7 +163,7 @@ class WaveNeXt(nn.Module):
         if cfg.source == "harmonic":
             self.source = HarmonicSource(cfg.dim, cfg.hop_length, cfg.sample_rate, cfg.source_harmonics,
                                          cfg.source_bands, cfg.source_f0_min, cfg.source_f0_max, cfg.source_fmax,
-                                         cfg.source_postfilter, cfg.source_voiced_fmax or cfg.source_fmax)
+                                         cfg.source_postfilter, cfg.source_voiced_fmax)
             if cfg.head_voiced_gain < 1.0:
                 self.voiced_gain = cfg.head_voiced_gain
 

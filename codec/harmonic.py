@@ -45,7 +45,7 @@ class HarmonicSource(nn.Module):
 
     def __init__(self, dim: int, hop: int, sample_rate: int, harmonics: int, bands: int,
                  f0_min: float, f0_max: float, fmax: float, postfilter: float = 1.0,
-                 voiced_fmax: float | None = None) -> None:
+                 voiced_fmax: float = 0.0) -> None:
         super().__init__()
         self.postfilter = postfilter
         self.smooth = max(1, round(self.POSTFILTER_HZ * (bands - 1) / fmax))  # band points each side
@@ -56,7 +56,7 @@ class HarmonicSource(nn.Module):
         self.f0_min = f0_min
         self.log_range = math.log(f0_max / f0_min)
         self.fmax = fmax
-        self.voiced_fmax = min(voiced_fmax or fmax, fmax)
+        self.voiced_fmax = min(voiced_fmax or fmax, fmax)  # Hz; 0: fmax
         self.proj = nn.Linear(dim, 2 + bands)
         self.reset_parameters()
 

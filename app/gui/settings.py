@@ -156,8 +156,7 @@ def load_settings(path: str | Path | None = None) -> Settings:
 def save_settings(settings: Settings, path: str | Path | None = None) -> Path:
     p = Path(path) if path is not None else default_config_path()
     p.parent.mkdir(parents=True, exist_ok=True)
-    settings.version = SETTINGS_VERSION
-    data = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
+    data = json.dumps({**settings.to_dict(), "version": SETTINGS_VERSION}, indent=2, sort_keys=True) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=str(p.parent))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
