@@ -59,6 +59,27 @@ def test_causal_no_lookahead():
 
 
 @torch.inference_mode()
+def test_non_causal_windows_are_centred():
+    """``causal = False`` (full-context models): each hop's window is centred on it (zeros outside the
+    signal), so it sees half a window ahead; values match a direct numpy log-mel of the same windows."""
+    fe = front(causal=False, mel_offset=0.0, mel_scale=1.0)
+    n_fft, hop, left = 512, 160, 512 - 160
+    x = torch.randn(1, 3200, generator=torch.Generator().manual_seed(2)) * 0.1
+    y, ctx = fe(x, None)
+    assert ctx is None and y.shape == (1, 10, 160)
+    xp = np.pad(x[0].double().numpy(), (left // 2, left - left // 2))
+    win = np.hanning(n_fft + 1)[:-1]  # periodic Hann
+    frames = np.stack([xp[i * hop : i * hop + n_fft] * win for i in range(20)])
+    ref = np.log(np.abs(np.fft.rfft(frames, axis=-1)) ** 2 @ mel_filterbank(SR, n_fft, 80).T + 1e-10)
+    np.testing.assert_allclose(y[0].reshape(20, 80).numpy(), ref, atol=2e-3)
+    # lookahead: a change after sample 1600 reaches the frame of hops 8-9 (windows up to sample 1776)
+    x2 = x.clone()
+    x2[:, 1600:] = 0.0
+    y2, _ = fe(x2, None)
+    assert torch.equal(y[:, :4], y2[:, :4]) and not torch.equal(y[:, 4], y2[:, 4])
+
+
+@torch.inference_mode()
 def test_level_is_kept():
     fe = front(mel_offset=0.0, mel_scale=1.0)
     g = torch.Generator().manual_seed(0)
