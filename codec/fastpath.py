@@ -53,7 +53,9 @@ def _qlinear(weight: Tensor, bias: Tensor | None) -> nn.Module:
         if bias is not None:
             lin.bias = nn.Parameter(bias.float(), requires_grad=False)
         lin.qconfig = per_channel_dynamic_qconfig
-        return DynLinear.from_float(lin)
+        q = DynLinear.from_float(lin)
+    q.int8_packed = q._packed_params._packed_params  # codec.layers.linear calls the op with it directly
+    return q
 
 
 def _drop(module: nn.Module, name: str) -> None:

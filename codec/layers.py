@@ -102,15 +102,26 @@ def plain(mod: nn.Module, cls: type) -> bool:
     return type(mod) is cls and not (mod._forward_hooks or mod._forward_pre_hooks)
 
 
+# torch's dynamic int8 linear op, resolved once (the quantised Linear module's forward finds it anew per call)
+_LINEAR_DYNAMIC = torch.ops.quantized.linear_dynamic.default
+
+
 def linear(mod: nn.Module, x: Tensor) -> Tensor:
-    """``mod(x)`` for a linear layer, without the module-call machinery for a plain ``nn.Linear``.
+    """``mod(x)`` for a linear layer, without the module-call machinery for a plain ``nn.Linear`` or an
+    int8 one (:mod:`codec.fastpath` sets ``int8_packed`` on those).
 
     A module call and its two attribute look-ups cost ~3 us, as much as the matrix product of a
-    streaming step; an int8 replacement (:mod:`codec.fastpath`) or a module with hooks is called.
+    streaming step, and the quantised Linear's forward another ~10 us of look-ups and checks around its
+    op; a module with hooks (profiling) is called.
     """
-    if type(mod) is nn.Linear and not (mod._forward_hooks or mod._forward_pre_hooks):  # see plain()
+    if mod._forward_hooks or mod._forward_pre_hooks:  # see plain()
+        return mod(x)
+    if type(mod) is nn.Linear:
         p = mod._parameters
         return F.linear(x, p["weight"], p["bias"])
+    packed = mod.__dict__.get("int8_packed")
+    if packed is not None and x.dtype == torch.float32:
+        return _LINEAR_DYNAMIC(x, packed, True)  # reduce_range, as the module's forward
     return mod(x)
 
 
@@ -198,7 +209,7 @@ class Conv1d(nn.Conv1d):
             xu = x if k == 1 and s == 1 else x.unfold(1, k, s).reshape(b, n_out, cin * k)
             q = self._modules.get("qlinear") if self._modules else None  # int8 weight (codec.fastpath)
             if q is not None:
-                return q(xu)
+                return linear(q, xu)
             return F.linear(xu, derived(self, "weight_2d", w, lambda w: w.view(cout, cin * k)), bias)
         if g == cin == cout:  # depthwise: (B, n, K, C) windows (rows contiguous) . (K, C) kernel, summed over K
             wkc = derived(self, "weight_kc", w, lambda w: w.view(cout, k).t().contiguous())
@@ -211,7 +222,7 @@ class Conv1d(nn.Conv1d):
         u = x.as_strided((b, g, n_out, cg, k), (sb, cg * sc, s * st, sc, st), x.storage_offset())
         u = u.reshape(b, g, n_out, cg * k)
         if self.qgroups is not None:
-            y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
+            y = torch.stack([linear(q, u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
         else:
             y = torch.matmul(u, derived(self, "weight_groups", w, lambda w: w.view(g, og, cg * k).transpose(1, 2)))
             if bias is not None:
@@ -226,7 +237,7 @@ class Conv1d(nn.Conv1d):
         if g == 1:
             xu = x.transpose(1, 2) if k == 1 and s == 1 else _unfold_cl(x, k, s)
             if self.qlinear is not None:
-                y = self.qlinear(xu)
+                y = linear(self.qlinear, xu)
             else:
                 y = F.linear(xu, w.view(cout, cin * k), bias)
             return y.transpose(1, 2)
@@ -240,7 +251,7 @@ class Conv1d(nn.Conv1d):
         cg, og = cin // g, cout // g  # grouped: one matmul per group, batched
         u = x.unfold(-1, k, s).reshape(b, g, cg, n_out, k).permute(0, 1, 3, 2, 4).reshape(b, g, n_out, cg * k)
         if self.qgroups is not None:
-            y = torch.stack([q(u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
+            y = torch.stack([linear(q, u[:, i]) for i, q in enumerate(self.qgroups)], 1)  # (B, G, n, og)
         else:
             y = torch.matmul(u, w.view(g, og, cg * k).transpose(1, 2))
             if bias is not None:
@@ -284,7 +295,7 @@ class ConvTranspose1d(nn.ConvTranspose1d):
         if cl:
             b, n, cin = x.shape
             if q is not None:
-                y = q(x)
+                y = linear(q, x)
             else:
                 y = torch.matmul(x, derived(self, "weight_2d", w, lambda w: w.view(cin, cout * k)))
             if k > 1:  # (B, n, Cout, K) -> (B, n, K, Cout) -> (B, n * K, Cout)
@@ -292,7 +303,7 @@ class ConvTranspose1d(nn.ConvTranspose1d):
             return y if bias is None else y + bias
         b, cin, n = x.shape
         xt = x.transpose(1, 2)
-        y = q(xt) if q is not None else torch.matmul(xt, w.view(cin, cout * k))
+        y = linear(q, xt) if q is not None else torch.matmul(xt, w.view(cin, cout * k))
         y = y.view(b, n, cout, k).permute(0, 2, 1, 3).reshape(b, cout, n * k)
         return y if bias is None else y + bias[:, None]
 

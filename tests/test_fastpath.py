@@ -98,3 +98,24 @@ def test_fingerprint_is_the_same_in_every_mode(ckpt):
     assert len(set(fps.values())) == 1 and fps["fp32"] == ref.fingerprint()
     torch.manual_seed(5)
     assert FocalCodec(tiny_config(16)).fingerprint() != ref.fingerprint()
+
+
+@torch.inference_mode()
+def test_int8_linear_is_called_without_the_module_wrapper():
+    """codec.layers.linear calls the int8 op directly: the same numbers as the quantised module's forward,
+    and a module with hooks (the bench's profile) is still called as a module."""
+    from codec.fastpath import _qlinear
+    from codec.layers import linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = _qlinear(lin.weight.detach(), lin.bias.detach())
+    x = torch.randn(1, 4, 64)
+    assert q.int8_packed is not None
+    torch.testing.assert_close(linear(q, x), q(x), rtol=0, atol=0)
+    assert float((linear(q, x) - lin(x)).norm() / lin(x).norm()) < 0.05
+    seen = []
+    h = q.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    linear(q, x)
+    h.remove()
+    assert seen == [(1, 4, 48)]
