@@ -5,9 +5,9 @@ Modes (the exact ``fp32`` path is what conformance checks; the others change num
 
 * ``fp32``: float32 weights and activations.
 * ``bf16``: bfloat16 weights and activations (half the weight bytes; tokens still come from signs).
-* ``int8``: every weight matrix (linear layers, and convolutions that run as matrix products in a
-  streaming step: 1x1 / kernel = stride convs, transposed convs, the positional and decoder-input
-  convs) in int8 with one scale per output channel, activations quantised on the fly
+* ``int8``: every weight matrix of :data:`MIN_INT8_WEIGHTS` weights or more (linear layers, and
+  convolutions that run as matrix products in a streaming step: 1x1 / kernel = stride convs,
+  transposed convs, the positional and decoder-input convs) in int8 with one scale per output channel, activations quantised on the fly
   (``torch.ao`` dynamic quantisation); small depthwise/CNN convolutions and norms stay float32, and so
   do grouped convolutions whose groups are small (below :data:`MIN_GROUP_WEIGHTS`: one int8 product
   per group costs more than reading their float weights; the small models' positional conv).
@@ -37,6 +37,9 @@ MODES = ("fp32", "bf16", "int8")
 # the full model's positional conv (64 x 64 x 128 per group, 16 groups) does; the small models' (24 x 24 x 32,
 # 8 groups) ran 0.3 ms slower a streaming step in int8 than in float32.
 MIN_GROUP_WEIGHTS = 65536
+# Smaller weight matrices stay float32: quantising the activations costs more than their whole product
+# (the attention's gate projection, 8 x 48; the bottleneck's 16 x 192 and 192 x 16).
+MIN_INT8_WEIGHTS = 4096
 
 
 def _qlinear(weight: Tensor, bias: Tensor | None) -> nn.Module:
@@ -66,10 +69,12 @@ def _drop(module: nn.Module, name: str) -> None:
 def quantize_module(module: nn.Module) -> nn.Module | None:
     """int8 version of one module: a replacement for nn.Linear, or None after converting a conv in place."""
     if type(module) is nn.Linear:
+        if module.weight.numel() < MIN_INT8_WEIGHTS:
+            return None
         return _qlinear(module.weight.detach(), None if module.bias is None else module.bias.detach())
     if isinstance(module, Conv1d) and module.padding == (0,):
         g = module.groups
-        if g == 1 and module.weight.numel() >= 4096:
+        if g == 1 and module.weight.numel() >= MIN_INT8_WEIGHTS:
             module._modules["qlinear"] = _qlinear(module.linear_weight(), module.bias)
             _drop(module, "weight")  # inputs of any length now run as (unfold +) int8 matmul
         elif 1 < g < module.in_channels and module.weight.numel() // g >= MIN_GROUP_WEIGHTS:
