@@ -7,10 +7,11 @@ Modes (the exact ``fp32`` path is what conformance checks; the others change num
 * ``bf16``: bfloat16 weights and activations (half the weight bytes; tokens still come from signs).
 * ``int8``: every weight matrix of :data:`MIN_INT8_WEIGHTS` weights or more (linear layers, and
   convolutions that run as matrix products in a streaming step: 1x1 / kernel = stride convs,
-  transposed convs, the positional and decoder-input convs) in int8 with one scale per output channel, activations quantised on the fly
-  (``torch.ao`` dynamic quantisation); small depthwise/CNN convolutions and norms stay float32, and so
-  do grouped convolutions whose groups are small (below :data:`MIN_GROUP_WEIGHTS`: one int8 product
-  per group costs more than reading their float weights; the small models' positional conv).
+  transposed convs, the positional and decoder-input convs) in int8 with one scale per output
+  channel, activations quantised on the fly (``torch.ao`` dynamic quantisation); smaller matrices,
+  small depthwise/CNN convolutions and norms stay float32, and so do grouped convolutions whose groups
+  are small (below :data:`MIN_GROUP_WEIGHTS`: one int8 product per group costs more than reading
+  their float weights; the small models' positional conv).
 
 A streaming step multiplies 4 frames by every weight, so its time is the time to read the weights:
 fewer weight bytes is what makes a step fast. Converted models are for inference only.
@@ -67,7 +68,8 @@ def _drop(module: nn.Module, name: str) -> None:
 
 
 def quantize_module(module: nn.Module) -> nn.Module | None:
-    """int8 version of one module: a replacement for nn.Linear, or None after converting a conv in place."""
+    """int8 version of one module: a replacement for nn.Linear, or None after converting a conv in place
+    (or leaving a matrix under :data:`MIN_INT8_WEIGHTS` weights float)."""
     if type(module) is nn.Linear:
         if module.weight.numel() < MIN_INT8_WEIGHTS:
             return None
