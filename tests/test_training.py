@@ -19,6 +19,7 @@ from codec.presets import tiny_config
 from codec.training.config import AugmentConfig, DataConfig, StageConfig, TeacherConfig, TrainConfig
 from codec.training.data import CropSampler, Utterance, load_corpus, read_manifest, split_by_speaker
 from codec.training.losses import (
+    LoudnessLoss,
     MultiResolutionLoss,
     PhaseDerivativeLoss,
     bsq_entropy_loss,
@@ -59,7 +60,7 @@ def _cfg(manifest: Path, stages: list[StageConfig], **kw) -> TrainConfig:
 
 E2E = StageConfig(name="e2e", kind="e2e", steps=3, lr=1e-3, warmup_steps=1, mel_weight=1.0, commit_weight=0.02)
 GAN = StageConfig(name="gan", kind="decoder", steps=2, lr=1e-4, warmup_steps=1, adversarial=True, segment_chunks=3,
-                  phase_weight=1.0, loss_ffts=(64, 256, 1024), frame_mod_weight=1.0)
+                  phase_weight=1.0, loss_ffts=(64, 256, 1024), frame_mod_weight=1.0, loudness_weight=1.0)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -170,6 +171,25 @@ def test_multiresolution_loss():
     assert float(mel) == pytest.approx(0, abs=1e-6) and float(stft) == pytest.approx(0, abs=1e-6)
     mel2, stft2 = loss(x * 0.5, x)
     assert float(mel2) > 0.5 and float(stft2) > 0.5
+
+
+def test_loudness_loss_weighs_added_loudness_more_and_loud_parts_most(speech_16k):
+    loss = LoudnessLoss(16000, asymmetry=2.0)
+    x = torch.from_numpy(speech_16k[:32000])[None]
+    assert float(loss(x, x)) == pytest.approx(0, abs=1e-6)
+    louder, quieter = x * 1.5, x * 0.5
+    symmetric = LoudnessLoss(16000, asymmetry=1.0)
+    # an excess costs ``asymmetry`` times what the same excess costs without it; a deficit the same
+    assert float(loss(louder, x)) == pytest.approx(2 * float(symmetric(louder, x)), rel=1e-4)
+    assert float(loss(quieter, x)) == pytest.approx(float(symmetric(quieter, x)), rel=1e-4)
+    # the loud parts dominate: noise 40 dB under the speech's RMS costs less than a 3 dB error on the speech
+    noise = torch.randn_like(x) * float(x.std()) * 0.01
+    assert float(loss(x + noise, x)) < float(loss(x * 1.41, x))
+    # in the targets' band only: a tone above band_limit is not loudness
+    banded = LoudnessLoss(24000, band_limit=8000)
+    t = torch.arange(24000) / 24000
+    y = torch.randn(1, 24000) * 0.1
+    assert float(banded(y + 0.1 * torch.sin(2 * torch.pi * 10000 * t)[None], y)) < 0.01
 
 
 def test_frame_locked_modulation_is_seen_only_by_windows_shorter_than_a_frame():
@@ -317,7 +337,7 @@ def test_stages_train_only_their_parts(tmp_path, manifest):
     log = [json.loads(line) for line in (tmp_path / "run" / "train.log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in log].count("e2e") == 3
     gan = [r for r in log if r["stage"] == "gan"]
-    assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "phase", "val_mel", "val_phase",
+    assert gan and all(k in gan[-1] for k in ("adv_g", "adv_d", "fm", "mel", "phase", "loudness", "val_mel", "val_phase",
                                               "frame_mod", "frame_locked", "val_frame_mod", "val_frame_locked"))
     # the stage's own loss resolutions; validation keeps the default ones, comparable across stages
     assert set(tr._spec_losses) == {(512, 1024, 2048), (64, 256, 1024)}

@@ -87,6 +87,10 @@ class StageConfig:
     mel_weight: float = 45.0
     stft_weight: float = 1.0  # log-magnitude L1 + spectral convergence
     phase_weight: float = 0.0  # instantaneous-frequency + group-delay agreement (losses.PhaseDerivativeLoss)
+    # loudness-spectrum distance as PESQ weighs it (losses.LoudnessLoss: mel power ** 0.23, added loudness
+    # weighted ``loudness_asymmetry`` times missing loudness), on the same (level-invariant) prediction
+    loudness_weight: float = 0.0
+    loudness_asymmetry: float = 2.0
     # FFT sizes (samples at the output rate, hop = n/4) of the mel and STFT losses. A decoder that writes
     # each frame (hop_length samples) at once needs windows shorter than a frame: longer ones cannot see
     # how the energy is spread inside it, and a frame-locked modulation (a buzz at the frame rate) goes free.

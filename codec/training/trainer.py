@@ -47,6 +47,7 @@ from .data import SR, CropSampler, fixed_validation_set, load_corpus, split_by_s
 from .discriminators import Discriminators, EnvelopeDiscriminator
 from .losses import (
     ContentHead,
+    LoudnessLoss,
     MultiResolutionLoss,
     PhaseDerivativeLoss,
     bsq_entropy_loss,
@@ -152,6 +153,7 @@ class Trainer:
         self.rate_out = cfg.model.sample_rate_output
         self.frame_hop = cfg.model.decoder_config.hop_length  # samples the decoder writes per frame
         self._spec_losses: dict[tuple[int, ...], MultiResolutionLoss] = {}
+        self._loudness: LoudnessLoss | None = None
         self.spec_loss = self._spec_loss_at(StageConfig.loss_ffts)  # validation: the same scale for every stage
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
@@ -242,6 +244,13 @@ class Trainer:
                                                          band_limit=min(SR, self.rate_out) / 2).to(self.device)
         return self._spec_losses[key]
 
+    def _loudness_loss(self, asymmetry: float) -> LoudnessLoss:
+        """The loudness loss with this asymmetry (built once), in the targets' band like the spectral losses."""
+        if self._loudness is None or self._loudness.asymmetry != asymmetry:
+            self._loudness = LoudnessLoss(self.rate_out, band_limit=min(SR, self.rate_out) / 2,
+                                          asymmetry=asymmetry).to(self.device)
+        return self._loudness
+
     # ------------------------------------------------------------------ one step
     def _codec_path(self, sig: Tensor, st: StageConfig, grad_encoder: bool) -> dict[str, Tensor]:
         m = self.model
@@ -326,6 +335,10 @@ class Trainer:
                 loss = loss + st.frame_mod_weight * (fmod + locked)
                 logs["frame_mod"] = float(fmod.detach())
                 logs["frame_locked"] = float(locked.detach())
+            if st.loudness_weight > 0:
+                lo = self._loudness_loss(st.loudness_asymmetry)(scaled, target)
+                loss = loss + st.loudness_weight * lo
+                logs["loudness"] = float(lo.detach())
             if st.phase_weight > 0:
                 ph = self.phase_loss(scaled, target)
                 loss = loss + st.phase_weight * ph
