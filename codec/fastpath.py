@@ -13,8 +13,9 @@ Modes (the exact ``fp32`` path is what conformance checks; the others change num
   are small (below :data:`MIN_GROUP_WEIGHTS`: one int8 product per group costs more than reading
   their float weights; the small models' positional conv).
 
-A streaming step multiplies 4 frames by every weight, so its time is the time to read the weights:
-fewer weight bytes is what makes a step fast. Converted models are for inference only.
+A streaming step multiplies 4 frames by every weight, so for large matrices its time is the time to
+read the weights and fewer weight bytes make a step fast; for the smallest ones the fixed cost of each
+product dominates (:data:`MIN_INT8_WEIGHTS`). Converted models are for inference only.
 
 :func:`build` makes a model directly in its mode, one layer at a time, so that the process never
 holds a full float32 copy (peak memory = the converted model plus one layer).

@@ -1,5 +1,5 @@
-"""Training losses: multi-resolution mel and STFT reconstruction, loudness, phase derivatives, BSQ entropy, GAN hinge and
-feature matching."""
+"""Training losses: multi-resolution mel and STFT reconstruction, loudness, phase derivatives, BSQ entropy,
+GAN hinge and feature matching."""
 
 from __future__ import annotations
 

@@ -152,8 +152,10 @@ class Trainer:
         self.model.to(self.device)
         self.rate_out = cfg.model.sample_rate_output
         self.frame_hop = cfg.model.decoder_config.hop_length  # samples the decoder writes per frame
+        # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
+        self.band_limit = min(SR, self.rate_out) / 2
         self._spec_losses: dict[tuple[int, ...], MultiResolutionLoss] = {}
-        self._loudness: LoudnessLoss | None = None
+        self._loudness_losses: dict[float, LoudnessLoss] = {}
         self.spec_loss = self._spec_loss_at(StageConfig.loss_ffts)  # validation: the same scale for every stage
         self.phase_loss = PhaseDerivativeLoss().to(self.device)
         self.teacher = make_teacher(cfg.teacher, self.device)
@@ -239,17 +241,17 @@ class Trainer:
         """The mel + STFT loss at these FFT sizes (built once per set)."""
         key = tuple(int(n) for n in ffts)
         if key not in self._spec_losses:
-            # the targets are 16 kHz speech resampled to the output rate: nothing above 8 kHz to learn
             self._spec_losses[key] = MultiResolutionLoss(self.rate_out, ffts=key, fmax=self.rate_out / 2,
-                                                         band_limit=min(SR, self.rate_out) / 2).to(self.device)
+                                                         band_limit=self.band_limit).to(self.device)
         return self._spec_losses[key]
 
     def _loudness_loss(self, asymmetry: float) -> LoudnessLoss:
-        """The loudness loss with this asymmetry (built once), in the targets' band like the spectral losses."""
-        if self._loudness is None or self._loudness.asymmetry != asymmetry:
-            self._loudness = LoudnessLoss(self.rate_out, band_limit=min(SR, self.rate_out) / 2,
-                                          asymmetry=asymmetry).to(self.device)
-        return self._loudness
+        """The loudness loss with this asymmetry (built once per value), in the targets' band like the spectral
+        losses."""
+        if asymmetry not in self._loudness_losses:
+            self._loudness_losses[asymmetry] = LoudnessLoss(self.rate_out, band_limit=self.band_limit,
+                                                            asymmetry=asymmetry).to(self.device)
+        return self._loudness_losses[asymmetry]
 
     # ------------------------------------------------------------------ one step
     def _codec_path(self, sig: Tensor, st: StageConfig, grad_encoder: bool) -> dict[str, Tensor]:
